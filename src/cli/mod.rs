@@ -1,0 +1,103 @@
+//! The command line: argument definitions, logging setup, and the mapping of
+//! outcomes and errors to exit codes. Commands call the library and print.
+//!
+//! Exit codes: 0 success; 1 the task ran and did not succeed (or `check`
+//! found problems); 2 it could not be run (bad manifest, unknown task, bad
+//! arguments); 130 cancelled by Ctrl-C.
+
+mod args;
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// fastworker: a brokerless task runner. Tasks are declared in tasks.toml and
+/// run as child processes, JSON in on stdin, JSON out on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "fastworker", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The task manifest [default: ./tasks.toml]
+    #[arg(long, global = true, env = "FASTWORKER_MANIFEST", value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+
+    /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG
+    /// filter); overrides RUST_LOG [default: warn]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a task here and now, with no server, and print its result
+    Run(RunArgs),
+    /// List the tasks the manifest defines
+    List(ListArgs),
+    /// Validate the manifest: exit 0 if it is valid, 1 if not
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The task's name in the manifest
+    pub task: String,
+    /// Arguments: each is JSON where it is valid JSON (5, true, '{"a":1}'),
+    /// otherwise a string. Put `--` before arguments that start with `-`.
+    #[arg(allow_negative_numbers = true)]
+    pub args: Vec<String>,
+    /// A keyword argument, key=value (value parsed like an argument); repeatable
+    #[arg(long = "kwarg", value_name = "KEY=VALUE")]
+    pub kwargs: Vec<String>,
+    /// Print the whole result record as JSON (status, result, error, timings, attempts)
+    #[arg(long)]
+    pub json: bool,
+    /// Override the task's timeout (e.g. 30s, 2m)
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print the tasks as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses the command line, runs the command and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(commands::dispatch(cli));
+    ExitCode::from(code)
+}
+
+fn init_tracing(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("warn")),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("warning: bad log filter ({e}); using 'warn'");
+        EnvFilter::new("warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

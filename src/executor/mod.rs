@@ -1,0 +1,111 @@
+//! Running tasks as child processes: the only part of fastworker that starts
+//! task processes.
+//!
+//! [`Executor::run`] takes a [`TaskSpec`] and a [`TaskRequest`] and returns an
+//! [`Execution`]: one-shot tasks get a fresh process ([`oneshot`]), pool tasks
+//! a warm one ([`pool`]). [`process`] owns spawning, process groups and
+//! bounded output capture; [`retry`] turns a task's retry policy into attempts.
+
+mod oneshot;
+mod outcome;
+mod pool;
+mod process;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use outcome::{Execution, ExitState, Outcome, STDERR_TAIL, TaskError, TaskRequest};
+pub use pool::Pool;
+
+use crate::manifest::{Mode, TaskSpec};
+
+/// Runs tasks; owns the warm pools of pool-mode tasks.
+#[derive(Debug, Default)]
+pub struct Executor {
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+}
+
+impl Executor {
+    pub fn new() -> Self {
+        Executor::default()
+    }
+
+    /// Runs one attempt of a task. Never fails: every way a run can end is an
+    /// [`Outcome`]. Cancelling `cancel` stops the task's process group.
+    pub async fn run(
+        &self,
+        spec: &Arc<TaskSpec>,
+        request: &TaskRequest,
+        cancel: &CancellationToken,
+    ) -> Execution {
+        tracing::debug!(task = %spec.name, task_id = %request.task_id, attempt = request.attempt, mode = %spec.mode, "running task");
+        let execution = match spec.mode {
+            Mode::Oneshot => oneshot::run(spec, request, cancel).await,
+            Mode::Pool => self.pool(spec).run(request, cancel).await,
+        };
+        tracing::debug!(task = %spec.name, task_id = %request.task_id, status = execution.outcome.status(), ms = execution.duration.as_secs_f64() * 1e3, "task ended");
+        execution
+    }
+
+    /// The warm pool of a pool-mode task, created on first use.
+    pub fn pool(&self, spec: &Arc<TaskSpec>) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(spec.name.clone())
+            .or_insert_with(|| Arc::new(Pool::new(Arc::clone(spec))))
+            .clone()
+    }
+
+    /// Stops all warm processes (each gets its stdin closed, then its grace period).
+    pub async fn shutdown(&self) {
+        let pools: Vec<Arc<Pool>> = {
+            let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.drain().map(|(_, pool)| pool).collect()
+        };
+        for pool in pools {
+            pool.shutdown().await;
+        }
+    }
+}
+
+/// When a run began, on both clocks.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    at: DateTime<Utc>,
+    instant: Instant,
+}
+
+impl Started {
+    fn now() -> Self {
+        Started {
+            at: Utc::now(),
+            instant: Instant::now(),
+        }
+    }
+
+    fn finish(
+        self,
+        request: &TaskRequest,
+        outcome: Outcome,
+        stderr: String,
+        pid: Option<u32>,
+    ) -> Execution {
+        let duration = self.instant.elapsed();
+        Execution {
+            task_id: request.task_id.clone(),
+            name: request.name.clone(),
+            attempt: request.attempt,
+            outcome,
+            started_at: self.at,
+            finished_at: self.at + chrono::TimeDelta::from_std(duration).unwrap_or_default(),
+            duration,
+            stderr,
+            pid,
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! What goes into a task process and what comes out: [`TaskRequest`],
+//! [`Outcome`] (one variant per way a run can end, each with its evidence) and
+//! [`Execution`], the record the CLI prints and the control plane stores.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The JSON object a task process receives (one-shot: on stdin; pool: as one
+/// line, with an `id` added by the pool).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    pub task_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub args: Vec<Value>,
+    #[serde(default)]
+    pub kwargs: Map<String, Value>,
+    /// 1 for the first run, 2 for the first retry, and so on.
+    pub attempt: u32,
+}
+
+impl TaskRequest {
+    /// A request with a fresh id, for attempt 1.
+    pub fn new(name: impl Into<String>, args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        TaskRequest {
+            task_id: uuid::Uuid::new_v4().to_string(),
+            name: name.into(),
+            args,
+            kwargs,
+            attempt: 1,
+        }
+    }
+}
+
+/// How a process ended when it was not asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitState {
+    Code(i32),
+    Signal(i32),
+}
+
+impl fmt::Display for ExitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitState::Code(code) => write!(f, "exit code {code}"),
+            ExitState::Signal(sig) => match nix::sys::signal::Signal::try_from(*sig) {
+                Ok(name) => write!(f, "signal {sig} ({name})"),
+                Err(_) => write!(f, "signal {sig}"),
+            },
+        }
+    }
+}
+
+/// A structured error reported by the task itself (e.g. a Python exception).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceback: Option<String>,
+}
+
+/// How one run of a task ended. Each variant carries its evidence; the stderr
+/// tail is kept beside it in [`Execution`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exit status 0 (one-shot) or an `ok` reply (pool), with the result.
+    Success { result: Value },
+    /// The task failed: it exited non-zero or by a signal, reported an error,
+    /// or its pool process died while running it.
+    Failed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exit: Option<ExitState>,
+        /// The error the task reported about itself, if any.
+        #[serde(rename = "task_error", skip_serializing_if = "Option::is_none")]
+        error: Option<TaskError>,
+        /// Set when a pool process died under the task (a lost worker).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        process_lost: bool,
+    },
+    /// The task ran past its timeout and its process group was stopped.
+    Timeout {
+        #[serde(with = "duration_ms", rename = "limit_ms")]
+        limit: Duration,
+    },
+    /// The result was larger than `max_output`; the process group was stopped.
+    OutputTooLarge { limit: u64 },
+    /// The output was not one JSON value (one-shot) or a valid reply line (pool).
+    InvalidOutput { message: String, head: String },
+    /// The process could not be started.
+    SpawnFailed { program: PathBuf, message: String },
+    /// The run was cancelled and its process group stopped.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Success { .. })
+    }
+
+    /// Whether this outcome may be retried by the task's retry policy: task
+    /// failures, timeouts and lost processes are; a cancel never is, and
+    /// neither are mistakes that would only repeat (spawn failure, bad output).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Outcome::Failed { .. } | Outcome::Timeout { .. })
+    }
+
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Success { .. } => "success",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Timeout { .. } => "timeout",
+            Outcome::OutputTooLarge { .. } => "output_too_large",
+            Outcome::InvalidOutput { .. } => "invalid_output",
+            Outcome::SpawnFailed { .. } => "spawn_failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    /// One line saying how the run ended, for the CLI and for the wire's
+    /// `error` string.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Success { .. } => f.write_str("succeeded"),
+            Outcome::Failed {
+                exit,
+                error,
+                process_lost,
+            } => {
+                if *process_lost {
+                    f.write_str("the pool process died while running the task")?;
+                } else {
+                    f.write_str("failed")?;
+                }
+                if let Some(error) = error {
+                    write!(f, ": {}", error.kind)?;
+                    if !error.message.is_empty() {
+                        write!(f, ": {}", error.message)?;
+                    }
+                }
+                if let Some(exit) = exit {
+                    write!(f, " ({exit})")?;
+                }
+                Ok(())
+            }
+            Outcome::Timeout { limit } => {
+                write!(f, "timed out after {}", humantime::format_duration(*limit))
+            }
+            Outcome::OutputTooLarge { limit } => write!(
+                f,
+                "output too large: more than {} ({limit} bytes)",
+                bytesize::ByteSize(*limit)
+            ),
+            Outcome::InvalidOutput { message, head } => {
+                write!(f, "invalid output: {message}; output began with {head:?}")
+            }
+            Outcome::SpawnFailed { program, message } => {
+                write!(f, "cannot start {}: {message}", program.display())
+            }
+            Outcome::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+/// One run of a task: its outcome and the evidence around it.
+///
+/// As JSON it is one flat record: `status` and the outcome's own fields,
+/// `result` on success, `error` (one line, see [`Outcome`]'s `Display`) on
+/// anything else, then timings, the stderr tail and the pid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    pub task_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration: Duration,
+    /// The last bytes the task wrote to stderr (bounded, see [`STDERR_TAIL`]).
+    pub stderr: String,
+    /// The process that ran the task, when one was started.
+    pub pid: Option<u32>,
+}
+
+impl Serialize for Execution {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Record<'a> {
+            task_id: &'a str,
+            name: &'a str,
+            attempt: u32,
+            #[serde(flatten)]
+            outcome: &'a Outcome,
+            error: Option<String>,
+            started_at: DateTime<Utc>,
+            finished_at: DateTime<Utc>,
+            #[serde(with = "duration_ms")]
+            duration_ms: Duration,
+            stderr: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pid: Option<u32>,
+        }
+        Record {
+            task_id: &self.task_id,
+            name: &self.name,
+            attempt: self.attempt,
+            outcome: &self.outcome,
+            error: (!self.outcome.is_success()).then(|| self.outcome.to_string()),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            duration_ms: self.duration,
+            stderr: &self.stderr,
+            pid: self.pid,
+        }
+        .serialize(s)
+    }
+}
+
+/// How much of a task's stderr is kept: the last 64 KiB.
+pub const STDERR_TAIL: usize = 64 * 1024;
+
+/// Durations on the wire are milliseconds (a float, so short runs keep precision).
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64() * 1000.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)
+    }
+}

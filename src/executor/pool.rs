@@ -1,0 +1,354 @@
+//! Pool mode: warm, long-lived processes for one task type, each serving one
+//! request at a time over JSON Lines.
+//!
+//! A request is the [`TaskRequest`] object plus an `id`; the reply is one line,
+//! `{"id", "ok": result}` or `{"id", "error": {"type", "message", "traceback"}}`.
+//! A process that dies, times out, is cancelled or breaks the protocol fails
+//! only the task it was running and is not reused; the next request starts a
+//! fresh one. A process is retired (stdin closed, then stopped) after
+//! `max_tasks_per_process` requests.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Started;
+use super::outcome::{Execution, ExitState, Outcome, STDERR_TAIL, TaskError, TaskRequest};
+use super::process::{self, Tail, TaskProcess};
+use crate::manifest::TaskSpec;
+
+const CHUNK: usize = 64 * 1024;
+
+/// The warm processes of one task type.
+#[derive(Debug)]
+pub struct Pool {
+    spec: Arc<TaskSpec>,
+    /// One permit per process that may exist: at most `pool_size` busy or idle.
+    slots: Semaphore,
+    idle: Mutex<Vec<PoolProcess>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    retiring: TaskTracker,
+}
+
+#[derive(Debug)]
+struct PoolProcess {
+    proc: TaskProcess,
+    /// Bytes read from stdout that are not yet a whole line.
+    pending: Vec<u8>,
+    served: u32,
+}
+
+/// How a request on a pool process ended, and whether the process is fit for more.
+struct Served {
+    outcome: Outcome,
+    reusable: bool,
+}
+
+impl Pool {
+    pub fn new(spec: Arc<TaskSpec>) -> Self {
+        Pool {
+            slots: Semaphore::new(spec.pool_size),
+            spec,
+            idle: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            retiring: TaskTracker::new(),
+        }
+    }
+
+    /// Runs one request on a warm process, starting one if none is idle.
+    pub async fn run(&self, request: &TaskRequest, cancel: &CancellationToken) -> Execution {
+        let waiting = Started::now();
+        let permit = tokio::select! {
+            permit = self.slots.acquire() => permit,
+            () = cancel.cancelled() => {
+                return waiting.finish(request, Outcome::Cancelled, String::new(), None);
+            }
+        };
+        let Ok(_permit) = permit else {
+            return waiting.finish(request, pool_closed(), String::new(), None);
+        };
+        let started = Started::now();
+        let mut worker = match self.take_idle() {
+            Some(worker) => worker,
+            None => match process::spawn(
+                &self.spec,
+                &[
+                    ("FASTWORKER_TASK_NAME", self.spec.name.as_str()),
+                    ("FASTWORKER_MODE", "pool"),
+                ],
+            ) {
+                Ok(proc) => PoolProcess {
+                    proc,
+                    pending: Vec::new(),
+                    served: 0,
+                },
+                Err(outcome) => return started.finish(request, outcome, String::new(), None),
+            },
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut tail = Tail::new(STDERR_TAIL);
+        let served = worker
+            .serve(&self.spec, request, id, cancel, &mut tail)
+            .await;
+        worker.served += 1;
+        let pid = worker.proc.pid;
+
+        let worn_out = self
+            .spec
+            .max_tasks_per_process
+            .is_some_and(|max| worker.served >= max);
+        if served.reusable && !worn_out && !self.closed.load(Ordering::Acquire) {
+            self.lock_idle().push(worker);
+        } else {
+            self.retire(worker);
+        }
+        started.finish(request, served.outcome, tail.take(), Some(pid))
+    }
+
+    /// Stops every process: idle ones now, busy ones when their task ends.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let idle: Vec<PoolProcess> = self.lock_idle().drain(..).collect();
+        for worker in idle {
+            self.retire(worker);
+        }
+        self.slots.close();
+        self.retiring.close();
+        self.retiring.wait().await;
+    }
+
+    /// How many warm processes are waiting for work.
+    pub fn idle_count(&self) -> usize {
+        self.lock_idle().len()
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<PoolProcess>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An idle process that is still alive, if any.
+    fn take_idle(&self) -> Option<PoolProcess> {
+        loop {
+            let mut worker = self.lock_idle().pop()?;
+            match worker.proc.child.try_wait() {
+                Ok(None) => return Some(worker),
+                _ => {
+                    tracing::info!(task = %self.spec.name, pid = worker.proc.pid, "idle pool process had exited; replacing it");
+                    self.retire(worker);
+                }
+            }
+        }
+    }
+
+    /// Closes the process's stdin (a runner exits on EOF) and stops it if it
+    /// does not exit within the grace period. Runs in the background.
+    fn retire(&self, worker: PoolProcess) {
+        let grace = self.spec.grace_period;
+        let name = self.spec.name.clone();
+        self.retiring.spawn(async move {
+            let TaskProcess {
+                mut child,
+                group,
+                stdin,
+                pid,
+                ..
+            } = worker.proc;
+            drop(stdin);
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(_) => group.signal(nix::sys::signal::Signal::SIGKILL),
+                Err(_) => {
+                    tracing::warn!(task = %name, pid, "pool process did not exit on EOF; stopping it");
+                    let _ = process::stop(&mut child, group, Duration::ZERO).await;
+                }
+            }
+        });
+    }
+}
+
+impl PoolProcess {
+    async fn serve(
+        &mut self,
+        spec: &TaskSpec,
+        request: &TaskRequest,
+        id: u64,
+        cancel: &CancellationToken,
+        tail: &mut Tail,
+    ) -> Served {
+        let mut line = match serde_json::to_value(request) {
+            Ok(Value::Object(mut map)) => {
+                map.insert("id".to_owned(), Value::from(id));
+                serde_json::to_vec(&map).unwrap_or_default()
+            }
+            _ => unreachable!("a TaskRequest serializes to a JSON object"),
+        };
+        line.push(b'\n');
+
+        let TaskProcess {
+            child,
+            group,
+            stdin,
+            stdout,
+            stderr,
+            ..
+        } = &mut self.proc;
+        let group = *group;
+        let Some(stdin) = stdin.as_mut() else {
+            return lost(None);
+        };
+        let write = async {
+            stdin.write_all(&line).await?;
+            stdin.flush().await
+        };
+        tokio::pin!(write);
+
+        let cap = usize::try_from(spec.max_output).unwrap_or(usize::MAX);
+        let deadline = spec.timeout.map(|t| Instant::now() + t);
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let (mut out_buf, mut err_buf) = (vec![0u8; CHUNK], vec![0u8; 8192]);
+        let (mut written, mut err_done) = (false, false);
+
+        // Whatever the loop decides, the stderr the process wrote so far is kept.
+        let served = loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let reply: Vec<u8> = self.pending.drain(..=end).collect();
+                process::read_available(&*stderr, |b| tail.push(b));
+                break judge_reply(&reply[..end], id);
+            }
+            if self.pending.len() > cap {
+                let _ = process::stop(child, group, spec.grace_period).await;
+                break Served {
+                    outcome: Outcome::OutputTooLarge {
+                        limit: spec.max_output,
+                    },
+                    reusable: false,
+                };
+            }
+            tokio::select! {
+                done = &mut write, if !written => match done {
+                    Ok(()) => written = true,
+                    // The process closed stdin: it is exiting; its exit status says why.
+                    Err(_) => written = true,
+                },
+                read = stdout.read(&mut out_buf) => match read {
+                    Ok(0) | Err(_) => {
+                        let status = tokio::time::timeout(spec.grace_period, child.wait()).await;
+                        let exit = status.ok().and_then(Result::ok).map(process::exit_state);
+                        if exit.is_none() {
+                            let _ = process::stop(child, group, Duration::ZERO).await;
+                        }
+                        break lost(exit);
+                    }
+                    Ok(n) => self.pending.extend_from_slice(&out_buf[..n]),
+                },
+                read = stderr.read(&mut err_buf), if !err_done => match read {
+                    Ok(0) | Err(_) => err_done = true,
+                    Ok(n) => tail.push(&err_buf[..n]),
+                },
+                status = child.wait() => {
+                    group.signal(nix::sys::signal::Signal::SIGKILL);
+                    // A reply written just before exiting still counts.
+                    process::read_available(&*stdout, |b| self.pending.extend_from_slice(b));
+                    if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                        let reply: Vec<u8> = self.pending.drain(..=end).collect();
+                        let mut served = judge_reply(&reply[..end], id);
+                        served.reusable = false;
+                        break served;
+                    }
+                    break lost(status.ok().map(process::exit_state));
+                }
+                () = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    let _ = process::stop(child, group, spec.grace_period).await;
+                    break Served {
+                        outcome: Outcome::Timeout { limit: spec.timeout.unwrap_or_default() },
+                        reusable: false,
+                    };
+                }
+                () = cancel.cancelled() => {
+                    let _ = process::stop(child, group, spec.grace_period).await;
+                    break Served { outcome: Outcome::Cancelled, reusable: false };
+                }
+            }
+        };
+        if !served.reusable {
+            process::read_available(&*stderr, |b| tail.push(b));
+        }
+        served
+    }
+}
+
+/// The outcome of a reply line.
+fn judge_reply(line: &[u8], id: u64) -> Served {
+    let invalid = |message: String| Served {
+        outcome: Outcome::InvalidOutput {
+            message,
+            head: process::head(line),
+        },
+        reusable: false,
+    };
+    let mut reply: Map<String, Value> = match serde_json::from_slice(line) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return invalid("a pool reply must be a JSON object".to_owned()),
+        Err(e) => return invalid(format!("a pool reply is not valid JSON: {e}")),
+    };
+    if reply.get("id").and_then(Value::as_u64) != Some(id) {
+        return invalid(format!(
+            "reply id {} does not match request id {id}",
+            reply.get("id").unwrap_or(&Value::Null)
+        ));
+    }
+    if let Some(result) = reply.remove("ok") {
+        return Served {
+            outcome: Outcome::Success { result },
+            reusable: true,
+        };
+    }
+    match reply
+        .remove("error")
+        .map(serde_json::from_value::<TaskError>)
+    {
+        Some(Ok(error)) => Served {
+            outcome: Outcome::Failed {
+                exit: None,
+                error: Some(error),
+                process_lost: false,
+            },
+            reusable: true,
+        },
+        Some(Err(e)) => invalid(format!("a pool reply's `error` is malformed: {e}")),
+        None => invalid("a pool reply needs `ok` or `error`".to_owned()),
+    }
+}
+
+fn lost(exit: Option<ExitState>) -> Served {
+    Served {
+        outcome: Outcome::Failed {
+            exit,
+            error: None,
+            process_lost: true,
+        },
+        reusable: false,
+    }
+}
+
+fn pool_closed() -> Outcome {
+    Outcome::Failed {
+        exit: None,
+        error: Some(TaskError {
+            kind: "PoolClosed".to_owned(),
+            message: "the executor is shutting down".to_owned(),
+            traceback: None,
+        }),
+        process_lost: false,
+    }
+}

@@ -1,0 +1,254 @@
+//! Starting a task process in its own process group, stopping the group, and
+//! keeping bounded evidence of what it wrote. The only code that spawns or
+//! signals task processes.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsFd;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::time::{Instant, sleep};
+
+use super::outcome::{ExitState, Outcome};
+use crate::manifest::TaskSpec;
+
+/// How often a stopping group is checked for members that are still alive.
+const GROUP_POLL: Duration = Duration::from_millis(10);
+
+/// A started task process with its pipes.
+#[derive(Debug)]
+pub struct TaskProcess {
+    pub child: Child,
+    pub group: ProcessGroup,
+    pub pid: u32,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: ChildStdout,
+    pub stderr: ChildStderr,
+}
+
+/// Starts `spec`'s program with piped stdio, in a new process group, with
+/// `extra_env` set on top of the task's environment.
+pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess, Outcome> {
+    let launch = &spec.launch;
+    let program = launch
+        .program
+        .as_ref()
+        .map_err(|reason| Outcome::SpawnFailed {
+            program: launch.requested.clone().into(),
+            message: reason.clone(),
+        })?;
+    let mut cmd = Command::new(program);
+    cmd.args(&launch.args)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if !spec.inherit_env {
+        cmd.env_clear();
+    }
+    cmd.envs(&spec.env);
+    cmd.envs(
+        extra_env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    die_with_parent(&mut cmd);
+
+    let mut child = cmd.spawn().map_err(|e| Outcome::SpawnFailed {
+        program: program.clone(),
+        message: spawn_error_message(&e),
+    })?;
+    let pid = child.id().unwrap_or_default();
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        unreachable!("all three pipes were requested");
+    };
+    Ok(TaskProcess {
+        child,
+        group: ProcessGroup(Pid::from_raw(pid as i32)),
+        pid,
+        stdin: Some(stdin),
+        stdout,
+        stderr,
+    })
+}
+
+/// Asks the kernel to SIGKILL the task process if the thread that started it
+/// (a tokio worker thread, alive as long as the runtime) goes away, so that a
+/// fastworker killed with SIGKILL leaves no task process behind.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes the prctl(2) system call, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
+    }
+}
+
+fn spawn_error_message(e: &io::Error) -> String {
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ENOENT) => "no such file or directory".to_owned(),
+        Some(Errno::EACCES) => "permission denied (is the file executable?)".to_owned(),
+        Some(Errno::ENOEXEC) => {
+            "exec format error (a script needs a #! line, or set `interpreter`)".to_owned()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// A task's process group (its id is the task process's pid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessGroup(Pid);
+
+impl ProcessGroup {
+    /// Sends `signal` to every process in the group. A group that is already
+    /// gone is not an error.
+    pub fn signal(self, signal: Signal) {
+        match killpg(self.0, signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => tracing::warn!(pgid = %self.0, %signal, "cannot signal process group: {e}"),
+        }
+    }
+
+    /// Whether any process of the group still exists (zombies count).
+    pub fn alive(self) -> bool {
+        killpg(self.0, None).is_ok()
+    }
+
+    /// Kills what is left of the group once its leader has been reaped: at
+    /// once, or (while a stop is under way) when the grace period ends.
+    pub async fn reap_strays(self, kill_at: Option<Instant>) {
+        if let Some(kill_at) = kill_at {
+            while self.alive() && Instant::now() < kill_at {
+                sleep(GROUP_POLL).await;
+            }
+        }
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// Ends a stop that began with SIGTERM: waits up to `grace` for the leader,
+/// then kills the whole group. Returns the leader's exit status.
+pub async fn stop(
+    child: &mut Child,
+    group: ProcessGroup,
+    grace: Duration,
+) -> io::Result<ExitStatus> {
+    group.signal(Signal::SIGTERM);
+    let kill_at = Instant::now() + grace;
+    let status = match tokio::time::timeout_at(kill_at, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            group.signal(Signal::SIGKILL);
+            child.wait().await
+        }
+    };
+    group.reap_strays(Some(kill_at)).await;
+    status
+}
+
+pub fn exit_state(status: ExitStatus) -> ExitState {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitState::Code(code),
+        (None, Some(sig)) => ExitState::Signal(sig),
+        (None, None) => ExitState::Code(-1),
+    }
+}
+
+/// The last `cap` bytes written to a stream, and how many came before them.
+#[derive(Debug)]
+pub struct Tail {
+    buf: VecDeque<u8>,
+    cap: usize,
+    dropped: u64,
+}
+
+impl Tail {
+    pub fn new(cap: usize) -> Self {
+        Tail {
+            buf: VecDeque::new(),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        let bytes = if bytes.len() > self.cap {
+            self.dropped += (bytes.len() - self.cap) as u64;
+            &bytes[bytes.len() - self.cap..]
+        } else {
+            bytes
+        };
+        let overflow = (self.buf.len() + bytes.len()).saturating_sub(self.cap);
+        self.buf.drain(..overflow);
+        self.dropped += overflow as u64;
+        self.buf.extend(bytes);
+    }
+
+    /// Takes the text out, leaving the tail empty.
+    pub fn take(&mut self) -> String {
+        let bytes: Vec<u8> = self.buf.drain(..).collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let dropped = std::mem::take(&mut self.dropped);
+        if dropped == 0 {
+            text
+        } else {
+            format!("[{dropped} earlier bytes of stderr not kept]\n{text}")
+        }
+    }
+}
+
+/// Reads whatever a (non-blocking) pipe holds right now, without waiting.
+/// Used by pools: when a reply arrives on stdout, the stderr the process
+/// wrote before it is already in its pipe, and this collects it in order.
+pub fn read_available(pipe: impl AsFd, mut sink: impl FnMut(&[u8])) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match nix::unistd::read(pipe.as_fd(), &mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sink(&chunk[..n]),
+        }
+    }
+}
+
+/// The first bytes of some output, as text, for error messages.
+pub fn head(bytes: &[u8]) -> String {
+    const HEAD: usize = 200;
+    let cut = bytes.len().min(HEAD);
+    let mut text = String::from_utf8_lossy(&bytes[..cut]).into_owned();
+    if bytes.len() > HEAD {
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_bytes_and_counts_the_rest() {
+        let mut tail = Tail::new(4);
+        tail.push(b"abc");
+        tail.push(b"def");
+        assert_eq!(tail.take(), "[2 earlier bytes of stderr not kept]\ncdef");
+        tail.push(b"0123456789");
+        assert_eq!(tail.take(), "[6 earlier bytes of stderr not kept]\n6789");
+        assert_eq!(tail.take(), "");
+    }
+
+    #[test]
+    fn head_is_bounded() {
+        assert_eq!(head(b"abc"), "abc");
+        assert_eq!(head(&[b'x'; 300]).chars().count(), 201);
+    }
+}

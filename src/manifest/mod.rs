@@ -1,0 +1,272 @@
+//! The task manifest (`tasks.toml`): finding it, parsing it strictly, and the
+//! validated [`TaskSpec`]s every other part of fastworker runs from.
+//!
+//! Loading is two steps: [`raw`] deserializes the file key for key (unknown keys
+//! are errors, spans are kept), then [`resolve`] applies defaults in one place,
+//! checks meaning (one way to run, known runner, files that exist, durations)
+//! and resolves programs and interpreters once, so that running a task later
+//! costs no lookups.
+
+mod error;
+mod program;
+mod raw;
+mod resolve;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ManifestError, Problem};
+
+/// Environment variable that names the manifest when `--manifest` is not given.
+pub const MANIFEST_ENV: &str = "FASTWORKER_MANIFEST";
+/// File looked for in the current directory when neither is given.
+pub const DEFAULT_MANIFEST: &str = "tasks.toml";
+
+/// Task priority. The derived order is the dispatch order: `Critical` first.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Critical,
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a task's processes live: one per task, or a warm pool that serves many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Oneshot,
+    Pool,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Oneshot => "oneshot",
+            Mode::Pool => "pool",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A loaded, validated manifest.
+#[derive(Debug)]
+pub struct Manifest {
+    /// The manifest file, as given.
+    pub path: PathBuf,
+    /// Its directory, absolute: relative paths in the manifest resolve against it.
+    pub dir: PathBuf,
+    pub tasks: BTreeMap<String, Arc<TaskSpec>>,
+}
+
+/// Everything needed to run one task type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// How the task was declared (shown by `list`).
+    pub how: HowToRun,
+    /// The resolved program and arguments.
+    pub launch: Launch,
+    pub timeout: Option<Duration>,
+    pub priority: Priority,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub env: BTreeMap<String, String>,
+    pub inherit_env: bool,
+    pub cwd: PathBuf,
+    /// Cap on the bytes of a result (stdout in one-shot mode, one line in pool mode).
+    pub max_output: u64,
+    pub max_concurrency: Option<u32>,
+    pub mode: Mode,
+    pub pool_size: usize,
+    pub max_tasks_per_process: Option<u32>,
+    /// Time between SIGTERM and SIGKILL when a task is stopped.
+    pub grace_period: Duration,
+}
+
+/// The way a task is declared to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HowToRun {
+    Command {
+        argv: Vec<String>,
+    },
+    Script {
+        path: PathBuf,
+        interpreter: Option<Vec<String>>,
+    },
+    Runner {
+        runner: String,
+        function: String,
+    },
+}
+
+impl fmt::Display for HowToRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HowToRun::Command { argv } => write!(f, "command {}", argv.join(" ")),
+            HowToRun::Script {
+                path,
+                interpreter: Some(interp),
+            } => write!(f, "script {} ({})", path.display(), interp.join(" ")),
+            HowToRun::Script { path, .. } => write!(f, "script {}", path.display()),
+            HowToRun::Runner { runner, function } => write!(f, "{runner} {function}"),
+        }
+    }
+}
+
+/// The program to start for a task and its arguments, resolved at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The program as the manifest names it (for error messages).
+    pub requested: String,
+    /// The program to exec, or why it could not be found (reported when the
+    /// task runs, and as a warning by `check`).
+    pub program: Result<PathBuf, String>,
+    pub args: Vec<OsString>,
+}
+
+impl Launch {
+    /// The program and arguments as one line, for logs and `check`.
+    pub fn display(&self) -> String {
+        let program = match &self.program {
+            Ok(path) => path.display().to_string(),
+            Err(e) => format!("<{e}>"),
+        };
+        let mut line = program;
+        for arg in &self.args {
+            let arg = arg.to_string_lossy();
+            // The built-in Python runner is passed as source text: don't print it all.
+            if arg.contains('\n') {
+                line.push_str(" <built-in runner>");
+            } else {
+                line.push(' ');
+                line.push_str(&arg);
+            }
+        }
+        line
+    }
+}
+
+impl Manifest {
+    /// Loads the manifest named by `explicit`, else by `FASTWORKER_MANIFEST`,
+    /// else `./tasks.toml`.
+    pub fn discover(explicit: Option<&Path>) -> Result<Manifest, ManifestError> {
+        let path = match explicit {
+            Some(path) => path.to_path_buf(),
+            None => match std::env::var_os(MANIFEST_ENV) {
+                Some(path) if !path.is_empty() => PathBuf::from(path),
+                _ => {
+                    let path = PathBuf::from(DEFAULT_MANIFEST);
+                    if !path.exists() {
+                        return Err(ManifestError::NotFound(format!(
+                            "{DEFAULT_MANIFEST} is not in the current directory; \
+                             pass --manifest PATH or set {MANIFEST_ENV}"
+                        )));
+                    }
+                    path
+                }
+            },
+        };
+        Manifest::load(&path)
+    }
+
+    /// Loads and validates the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Manifest::from_source(path, &source)
+    }
+
+    /// Validates `source` as if it had been read from `path`.
+    pub fn from_source(path: &Path, source: &str) -> Result<Manifest, ManifestError> {
+        let dir = manifest_dir(path)?;
+        let tasks = resolve::resolve(path, &dir, source)?;
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            dir,
+            tasks,
+        })
+    }
+
+    pub fn task(&self, name: &str) -> Option<&Arc<TaskSpec>> {
+        self.tasks.get(name)
+    }
+
+    /// The error for a task name that is not in the manifest.
+    pub fn unknown_task(&self, name: &str) -> String {
+        let known: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
+        if known.is_empty() {
+            format!("unknown task '{name}'; the manifest defines no tasks")
+        } else {
+            format!("unknown task '{name}'; known: {}", known.join(", "))
+        }
+    }
+}
+
+fn manifest_dir(path: &Path) -> Result<PathBuf, ManifestError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    parent
+        .canonicalize()
+        .or_else(|_| std::path::absolute(&parent))
+        .map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+}

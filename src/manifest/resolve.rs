@@ -1,0 +1,663 @@
+//! From the raw manifest to validated [`TaskSpec`]s.
+//!
+//! Precedence of every option, highest first: the task's own table, its
+//! runner's table (mode and pool settings only), `[defaults]`, then the
+//! built-in defaults in [`Builtin`]. All problems are collected, so one run of
+//! `fastworker check` reports every mistake in the file.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{Locator, ManifestError, Problem};
+use super::program::Resolver;
+use super::raw::{RawManifest, RawRunner, RawTable, S};
+use super::{HowToRun, Launch, Mode, TaskSpec};
+use crate::runners;
+
+/// The built-in defaults, in one place.
+struct Builtin;
+
+impl Builtin {
+    const MAX_OUTPUT: u64 = 16 * 1024 * 1024;
+    const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+    const GRACE_PERIOD: Duration = Duration::from_secs(5);
+    const INHERIT_ENV: bool = true;
+
+    fn pool_size() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// A runner after validation.
+struct RunnerDef {
+    /// The interpreter as written (or `python3` for the predefined runner).
+    requested: String,
+    interpreter: Result<(PathBuf, Vec<String>), String>,
+    script: RunnerScript,
+    mode: Option<Mode>,
+    pool_size: Option<u32>,
+    max_tasks_per_process: Option<u32>,
+}
+
+enum RunnerScript {
+    /// The interpreter itself speaks the protocol (e.g. `["node", "runner.js"]`).
+    None,
+    File(PathBuf),
+    /// The Python runner shipped inside the binary, passed with `-c`.
+    BuiltinPython,
+}
+
+pub(super) fn resolve(
+    path: &Path,
+    dir: &Path,
+    source: &str,
+) -> Result<BTreeMap<String, Arc<TaskSpec>>, ManifestError> {
+    let loc = Locator {
+        file: path.to_path_buf(),
+        source,
+    };
+    let raw: RawManifest = toml::from_str(source).map_err(|e| ManifestError::Invalid {
+        problems: vec![loc.toml_problem(&e)],
+    })?;
+    let mut cx = Cx {
+        loc,
+        dir,
+        problems: Vec::new(),
+        resolver: Resolver::new(dir),
+    };
+
+    let empty = RawTable::default();
+    let defaults = match &raw.defaults {
+        Some(table) => {
+            cx.reject_ways_to_run(table.get_ref(), "defaults");
+            table.get_ref()
+        }
+        None => &empty,
+    };
+
+    let mut runners = BTreeMap::new();
+    for (name, table) in &raw.runners {
+        if let Some(def) = cx.runner(name, table) {
+            runners.insert(name.clone(), def);
+        }
+    }
+    if !runners.contains_key("python") {
+        if let Some(def) = cx.runner("python", &Spanned::new(0..0, RawRunner::default())) {
+            runners.insert("python".to_owned(), def);
+        }
+    }
+
+    let mut tasks = BTreeMap::new();
+    for (name, table) in &raw.tasks {
+        if let Some(spec) = cx.task(name, table, defaults, &runners) {
+            tasks.insert(name.clone(), Arc::new(spec));
+        }
+    }
+
+    if cx.problems.is_empty() {
+        Ok(tasks)
+    } else {
+        cx.problems.sort_by_key(|p| (p.line, p.column));
+        cx.problems.dedup();
+        Err(ManifestError::Invalid {
+            problems: cx.problems,
+        })
+    }
+}
+
+struct Cx<'a> {
+    loc: Locator<'a>,
+    dir: &'a Path,
+    problems: Vec<Problem>,
+    resolver: Resolver,
+}
+
+impl Cx<'_> {
+    fn err(&mut self, span: Range<usize>, table: &str, key: Option<&str>, msg: impl Into<String>) {
+        let problem = self.loc.problem(span, Some(table), key, msg);
+        self.problems.push(problem);
+    }
+
+    fn reject_ways_to_run(&mut self, t: &RawTable, table: &str) {
+        let ways = [
+            ("command", t.command.as_ref().map(Spanned::span)),
+            ("script", t.script.as_ref().map(Spanned::span)),
+            ("interpreter", t.interpreter.as_ref().map(Spanned::span)),
+            ("runner", t.runner.as_ref().map(Spanned::span)),
+            ("function", t.function.as_ref().map(Spanned::span)),
+            ("description", t.description.as_ref().map(Spanned::span)),
+        ];
+        for (key, span) in ways {
+            if let Some(span) = span {
+                self.err(
+                    span,
+                    table,
+                    Some(key),
+                    format!("`{key}` belongs to a task and cannot be set in [defaults]"),
+                );
+            }
+        }
+    }
+
+    fn runner(&mut self, name: &str, table: &Spanned<RawRunner>) -> Option<RunnerDef> {
+        let t = table.get_ref();
+        let tname = format!("runners.{name}");
+        let before = self.problems.len();
+        let mut requested = "python3".to_owned();
+        let interpreter = match &t.interpreter {
+            Some(v) => {
+                let argv = self.argv(v, &tname, "interpreter", true)?;
+                requested = argv[0].clone();
+                let program = self.resolver.program(&argv[0]);
+                program.map(|p| (p, argv[1..].to_vec()))
+            }
+            None if name == "python" => self.resolver.first_python3().map(|p| (p, Vec::new())),
+            None => {
+                self.err(
+                    table.span(),
+                    &tname,
+                    None,
+                    "a runner needs `interpreter` (a program, or an argv list such as [\"node\", \"runner.js\"])",
+                );
+                return None;
+            }
+        };
+        let script = match &t.script {
+            Some(s) => RunnerScript::File(self.existing_file(s, &tname, "script")?),
+            None if name == "python" => RunnerScript::BuiltinPython,
+            None => RunnerScript::None,
+        };
+        let mode = t.mode.as_ref().map(|m| *m.get_ref());
+        let pool_size = self.positive(t.pool_size.as_ref(), &tname, "pool_size");
+        let max_tasks_per_process = self.positive(
+            t.max_tasks_per_process.as_ref(),
+            &tname,
+            "max_tasks_per_process",
+        );
+        // The predefined Python runner warms a pool unless told otherwise.
+        let mode = mode.or((name == "python").then_some(Mode::Pool));
+        (self.problems.len() == before).then_some(RunnerDef {
+            requested,
+            interpreter,
+            script,
+            mode,
+            pool_size,
+            max_tasks_per_process,
+        })
+    }
+
+    fn task(
+        &mut self,
+        name: &str,
+        table: &Spanned<RawTable>,
+        d: &RawTable,
+        runners: &BTreeMap<String, RunnerDef>,
+    ) -> Option<TaskSpec> {
+        let t = table.get_ref();
+        let tname = format!("tasks.{name}");
+        let before = self.problems.len();
+        if !valid_task_name(name) {
+            self.err(
+                table.span(),
+                &tname,
+                None,
+                format!("task name '{name}' may only use letters, digits, '_', '-', '.' and ':'"),
+            );
+        }
+
+        let (how, runner) = self.how_to_run(name, table, &tname, runners)?;
+
+        // The runner's pool settings sit between the task's own and [defaults].
+        let mode = t
+            .mode
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .or(runner.and_then(|r| r.mode))
+            .or(d.mode.as_ref().map(|m| *m.get_ref()))
+            .unwrap_or_default();
+        let pool_size = self
+            .positive(t.pool_size.as_ref(), &tname, "pool_size")
+            .or(runner.and_then(|r| r.pool_size))
+            .or(self.positive(d.pool_size.as_ref(), "defaults", "pool_size"))
+            .map_or_else(Builtin::pool_size, |n| n as usize);
+        let max_tasks_per_process = self
+            .positive(
+                t.max_tasks_per_process.as_ref(),
+                &tname,
+                "max_tasks_per_process",
+            )
+            .or(runner.and_then(|r| r.max_tasks_per_process))
+            .or(self.positive(
+                d.max_tasks_per_process.as_ref(),
+                "defaults",
+                "max_tasks_per_process",
+            ));
+        let launch = self.launch(&how, runner, mode);
+
+        let timeout = self.duration(pick(&t.timeout, &d.timeout), &tname, "timeout");
+        let retry_backoff = self
+            .duration(
+                pick(&t.retry_backoff, &d.retry_backoff),
+                &tname,
+                "retry_backoff",
+            )
+            .unwrap_or(Builtin::RETRY_BACKOFF);
+        let grace_period = self
+            .duration(
+                pick(&t.grace_period, &d.grace_period),
+                &tname,
+                "grace_period",
+            )
+            .unwrap_or(Builtin::GRACE_PERIOD);
+        let max_output = self
+            .bytes(pick(&t.max_output, &d.max_output), &tname, "max_output")
+            .unwrap_or(Builtin::MAX_OUTPUT);
+        let max_concurrency = self.positive(
+            pick(&t.max_concurrency, &d.max_concurrency),
+            &tname,
+            "max_concurrency",
+        );
+        let cwd = match pick(&t.cwd, &d.cwd) {
+            Some(cwd) => self.existing_dir(cwd, &tname, "cwd"),
+            None => Some(self.dir.to_path_buf()),
+        };
+
+        // `env` merges: [defaults] first, the task's own keys on top.
+        let mut env = d
+            .env
+            .as_ref()
+            .map(|e| e.get_ref().clone())
+            .unwrap_or_default();
+        if let Some(own) = &t.env {
+            env.extend(own.get_ref().clone());
+        }
+
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(TaskSpec {
+            name: name.to_owned(),
+            description: t.description.as_ref().map(|d| d.get_ref().clone()),
+            how,
+            launch,
+            timeout,
+            priority: pick(&t.priority, &d.priority)
+                .map(|p| *p.get_ref())
+                .unwrap_or_default(),
+            retries: pick(&t.retries, &d.retries).map_or(0, |r| *r.get_ref()),
+            retry_backoff,
+            env,
+            inherit_env: pick(&t.inherit_env, &d.inherit_env)
+                .map_or(Builtin::INHERIT_ENV, |b| *b.get_ref()),
+            cwd: cwd?,
+            max_output,
+            max_concurrency,
+            mode,
+            pool_size,
+            max_tasks_per_process,
+            grace_period,
+        })
+    }
+
+    /// Checks that exactly one way to run is given and builds the launch line.
+    fn how_to_run<'r>(
+        &mut self,
+        name: &str,
+        table: &Spanned<RawTable>,
+        tname: &str,
+        runners: &'r BTreeMap<String, RunnerDef>,
+    ) -> Option<(HowToRun, Option<&'r RunnerDef>)> {
+        let t = table.get_ref();
+        let given: Vec<&str> = [
+            t.command.as_ref().map(|_| "command"),
+            t.script.as_ref().map(|_| "script"),
+            t.runner.as_ref().map(|_| "runner"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if given.len() != 1 {
+            let msg = if given.is_empty() {
+                format!(
+                    "task '{name}' has no way to run: give one of `command`, `script` or `runner` (with `function`)"
+                )
+            } else {
+                format!(
+                    "task '{name}' has {} ways to run ({}); give exactly one",
+                    given.len(),
+                    given.join(", ")
+                )
+            };
+            self.err(table.span(), tname, None, msg);
+            return None;
+        }
+        if let (Some(i), None) = (&t.interpreter, &t.script) {
+            self.err(
+                i.span(),
+                tname,
+                Some("interpreter"),
+                "`interpreter` goes with `script` only",
+            );
+        }
+        if let (Some(f), None) = (&t.function, &t.runner) {
+            self.err(
+                f.span(),
+                tname,
+                Some("function"),
+                "`function` goes with `runner` only",
+            );
+        }
+
+        if let Some(command) = &t.command {
+            let argv = self.argv(command, tname, "command", false)?;
+            return Some((HowToRun::Command { argv }, None));
+        }
+        if let Some(script) = &t.script {
+            let path = self.existing_file(script, tname, "script")?;
+            let interpreter = match &t.interpreter {
+                Some(v) => Some(self.argv(v, tname, "interpreter", true)?),
+                None => None,
+            };
+            return Some((HowToRun::Script { path, interpreter }, None));
+        }
+
+        let runner_name = t.runner.as_ref()?;
+        let Some(runner) = runners.get(runner_name.get_ref()) else {
+            let known: Vec<&str> = runners.keys().map(String::as_str).collect();
+            self.err(
+                runner_name.span(),
+                tname,
+                Some("runner"),
+                format!(
+                    "unknown runner `{}`; known: {}",
+                    runner_name.get_ref(),
+                    known.join(", ")
+                ),
+            );
+            return None;
+        };
+        let Some(function) = &t.function else {
+            self.err(
+                table.span(),
+                tname,
+                None,
+                "a runner task needs `function = \"module:function\"`",
+            );
+            return None;
+        };
+        if !valid_function(function.get_ref()) {
+            self.err(
+                function.span(),
+                tname,
+                Some("function"),
+                format!(
+                    "`{}` is not of the form \"module:function\" (e.g. \"tasks.math:add\")",
+                    function.get_ref()
+                ),
+            );
+            return None;
+        }
+        let how = HowToRun::Runner {
+            runner: runner_name.get_ref().clone(),
+            function: function.get_ref().clone(),
+        };
+        Some((how, Some(runner)))
+    }
+
+    /// Resolves the program and builds the arguments for a validated task.
+    fn launch(&mut self, how: &HowToRun, runner: Option<&RunnerDef>, mode: Mode) -> Launch {
+        match (how, runner) {
+            (HowToRun::Command { argv }, _) => Launch {
+                requested: argv[0].clone(),
+                program: self.resolver.program(&argv[0]),
+                args: argv[1..].iter().map(OsString::from).collect(),
+            },
+            (
+                HowToRun::Script {
+                    path,
+                    interpreter: Some(argv),
+                },
+                _,
+            ) => Launch {
+                requested: argv[0].clone(),
+                program: self.resolver.program(&argv[0]),
+                args: argv[1..]
+                    .iter()
+                    .map(OsString::from)
+                    .chain([path.clone().into_os_string()])
+                    .collect(),
+            },
+            (
+                HowToRun::Script {
+                    path,
+                    interpreter: None,
+                },
+                _,
+            ) => Launch {
+                requested: path.display().to_string(),
+                program: Ok(path.clone()),
+                args: Vec::new(),
+            },
+            (HowToRun::Runner { function, .. }, Some(runner)) => {
+                runner_launch(runner, function, mode, self.dir)
+            }
+            (HowToRun::Runner { runner, .. }, None) => Launch {
+                requested: runner.clone(),
+                program: Err(format!("runner `{runner}` is not defined")),
+                args: Vec::new(),
+            },
+        }
+    }
+
+    /// A program with arguments: a non-empty list of strings, or (when
+    /// `allow_string`) a single program name.
+    fn argv(
+        &mut self,
+        value: &Spanned<toml::Value>,
+        table: &str,
+        key: &str,
+        allow_string: bool,
+    ) -> Option<Vec<String>> {
+        let argv = match value.get_ref() {
+            toml::Value::String(s) if allow_string => Some(vec![s.clone()]),
+            toml::Value::String(_) => {
+                self.err(
+                    value.span(),
+                    table,
+                    Some(key),
+                    format!(
+                        "`{key}` takes an argv list such as [\"prog\", \"arg\"], not a shell string"
+                    ),
+                );
+                return None;
+            }
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>(),
+            _ => None,
+        };
+        match argv {
+            Some(argv) if argv.first().is_some_and(|p| !p.is_empty()) => Some(argv),
+            _ => {
+                let expected = if allow_string {
+                    "a program name or a non-empty list of strings"
+                } else {
+                    "a non-empty list of strings"
+                };
+                self.err(
+                    value.span(),
+                    table,
+                    Some(key),
+                    format!("expected {expected}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn existing_file(
+        &mut self,
+        value: &Spanned<String>,
+        table: &str,
+        key: &str,
+    ) -> Option<PathBuf> {
+        let path = self.dir.join(value.get_ref());
+        if path.is_file() {
+            Some(path)
+        } else {
+            self.err(
+                value.span(),
+                table,
+                Some(key),
+                format!("{key} file not found: {}", path.display()),
+            );
+            None
+        }
+    }
+
+    fn existing_dir(&mut self, value: &Spanned<String>, table: &str, key: &str) -> Option<PathBuf> {
+        let path = self.dir.join(value.get_ref());
+        if path.is_dir() {
+            Some(path)
+        } else {
+            self.err(
+                value.span(),
+                table,
+                Some(key),
+                format!("directory not found: {}", path.display()),
+            );
+            None
+        }
+    }
+
+    fn positive(&mut self, value: Option<&Spanned<u32>>, table: &str, key: &str) -> Option<u32> {
+        let value = value?;
+        if *value.get_ref() == 0 {
+            self.err(
+                value.span(),
+                table,
+                Some(key),
+                format!("`{key}` must be at least 1"),
+            );
+            return None;
+        }
+        Some(*value.get_ref())
+    }
+
+    /// A duration: a humantime string (`"30s"`, `"1m 30s"`) or a number of seconds.
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<toml::Value>>,
+        table: &str,
+        key: &str,
+    ) -> Option<Duration> {
+        let value = value?;
+        let parsed = match value.get_ref() {
+            toml::Value::String(s) => humantime::parse_duration(s).map_err(|e| {
+                format!("invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h 30m\")")
+            }),
+            toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(n.unsigned_abs())),
+            toml::Value::Float(f) if f.is_finite() && *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
+            other => Err(format!(
+                "expected a duration such as \"30s\" or a number of seconds, found {other}"
+            )),
+        };
+        match parsed {
+            Ok(d) => Some(d),
+            Err(msg) => {
+                self.err(value.span(), table, Some(key), msg);
+                None
+            }
+        }
+    }
+
+    /// A size: a number of bytes or a string such as `"16MiB"`.
+    fn bytes(
+        &mut self,
+        value: Option<&Spanned<toml::Value>>,
+        table: &str,
+        key: &str,
+    ) -> Option<u64> {
+        let value = value?;
+        let parsed = match value.get_ref() {
+            toml::Value::Integer(n) if *n > 0 => Ok(n.unsigned_abs()),
+            toml::Value::String(s) => s
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| {
+                    format!("invalid size \"{s}\": {e} (write e.g. \"16MiB\" or a number of bytes)")
+                })
+                .and_then(|n| {
+                    if n == 0 {
+                        Err("size must be above 0".to_owned())
+                    } else {
+                        Ok(n)
+                    }
+                }),
+            other => Err(format!(
+                "expected a size such as \"16MiB\" or a number of bytes, found {other}"
+            )),
+        };
+        match parsed {
+            Ok(n) => Some(n),
+            Err(msg) => {
+                self.err(value.span(), table, Some(key), msg);
+                None
+            }
+        }
+    }
+}
+
+fn pick<'a, T>(task: &'a S<T>, defaults: &'a S<T>) -> Option<&'a Spanned<T>> {
+    task.as_ref().or(defaults.as_ref())
+}
+
+/// The command line of a runner process: interpreter, runner program, then
+/// `--mode M --function F --root DIR` (the runner contract, docs/protocol.md).
+fn runner_launch(runner: &RunnerDef, function: &str, mode: Mode, root: &Path) -> Launch {
+    let (program, mut args): (Result<PathBuf, String>, Vec<OsString>) = match &runner.interpreter {
+        Ok((path, args)) => (Ok(path.clone()), args.iter().map(OsString::from).collect()),
+        Err(e) => (Err(e.clone()), Vec::new()),
+    };
+    match &runner.script {
+        RunnerScript::None => {}
+        RunnerScript::File(path) => args.push(path.clone().into_os_string()),
+        RunnerScript::BuiltinPython => {
+            args.push("-c".into());
+            args.push(runners::PYTHON_RUNNER.into());
+        }
+    }
+    args.extend(["--mode", mode.as_str(), "--function", function, "--root"].map(OsString::from));
+    args.push(root.as_os_str().to_owned());
+    Launch {
+        requested: runner.requested.clone(),
+        program,
+        args,
+    }
+}
+
+fn valid_task_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+}
+
+fn valid_function(f: &str) -> bool {
+    let ident = |s: &str| {
+        let mut chars = s.chars();
+        chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+            && chars.all(|c| c.is_alphanumeric() || c == '_')
+    };
+    match f.split_once(':') {
+        Some((module, func)) => module.split('.').all(ident) && func.split('.').all(ident),
+        None => false,
+    }
+}
