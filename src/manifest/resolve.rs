@@ -362,7 +362,23 @@ impl Cx<'_> {
             let path = self.existing_file(script, tname, "script")?;
             let interpreter = match &t.interpreter {
                 Some(v) => Some(self.argv(v, tname, "interpreter", true)?),
-                None => None,
+                None => {
+                    // exec would hand a file with neither a #! line nor a binary
+                    // header to /bin/sh (the execvp convention): refuse instead.
+                    if !starts_like_executable(&path) {
+                        self.err(
+                            script.span(),
+                            tname,
+                            Some("script"),
+                            format!(
+                                "{} has no #! line: add one, or set `interpreter`",
+                                path.display()
+                            ),
+                        );
+                        return None;
+                    }
+                    None
+                }
             };
             return Some((HowToRun::Script { path, interpreter }, None));
         }
@@ -641,6 +657,14 @@ fn runner_launch(runner: &RunnerDef, function: &str, mode: Mode, root: &Path) ->
         program,
         args,
     }
+}
+
+/// Whether a file begins with `#!` or an ELF header.
+fn starts_like_executable(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut head));
+    matches!(read, Ok(n) if head[..n].starts_with(b"#!") || head[..n] == *b"\x7fELF")
 }
 
 fn valid_task_name(name: &str) -> bool {

@@ -1,0 +1,152 @@
+//! Shared test helpers: a temp dir with the fixtures and a manifest, running
+//! tasks through the real executor, polling with a deadline, process checks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastworker::executor::{Execution, Executor, TaskRequest};
+use fastworker::manifest::{Manifest, ManifestError, TaskSpec};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+pub const BIN: &str = env!("CARGO_BIN_EXE_fastworker");
+
+/// A temp dir holding a copy of `tests/fixtures` and a `tasks.toml`.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(manifest: &str) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for entry in std::fs::read_dir(FIXTURES).expect("fixtures dir") {
+            let entry = entry.expect("fixture entry");
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy fixture");
+        }
+        std::fs::write(dir.path().join("tasks.toml"), manifest).expect("write manifest");
+        Fixture { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.path("tasks.toml")
+    }
+
+    pub fn try_load(&self) -> Result<Manifest, ManifestError> {
+        Manifest::load(&self.manifest_path())
+    }
+
+    pub fn load(&self) -> Manifest {
+        match self.try_load() {
+            Ok(m) => m,
+            Err(e) => panic!("manifest should load:\n{e}"),
+        }
+    }
+
+    pub fn spec(&self, task: &str) -> Arc<TaskSpec> {
+        Arc::clone(self.load().task(task).expect("task in manifest"))
+    }
+}
+
+/// The error text of a manifest that must not load.
+pub fn load_error(manifest: &str) -> String {
+    match Fixture::new(manifest).try_load() {
+        Ok(_) => panic!("manifest should not load:\n{manifest}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub fn request(name: &str, args: Vec<Value>) -> TaskRequest {
+    TaskRequest::new(name, args, Map::new())
+}
+
+/// Runs one attempt of `task` with `args` on a fresh executor, then shuts it down.
+pub async fn run_once(spec: &Arc<TaskSpec>, args: Vec<Value>) -> Execution {
+    let executor = Executor::new();
+    let execution = executor
+        .run(spec, &request(&spec.name, args), &CancellationToken::new())
+        .await;
+    executor.shutdown().await;
+    execution
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Blocking variant of [`wait_for`] for tests without a runtime.
+pub fn wait_for_blocking(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as dead).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Reads a pid written by a fixture script, waiting for the file to appear.
+pub async fn read_pid(path: &Path) -> u32 {
+    assert!(
+        wait_for(Duration::from_secs(10), || path.exists()).await,
+        "{} was never written",
+        path.display()
+    );
+    std::fs::read_to_string(path)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// Kills a process on drop, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Whether `text` contains `needle`, with a helpful panic message if not.
+#[track_caller]
+pub fn assert_contains(text: &str, needle: &str) {
+    assert!(
+        text.contains(needle),
+        "expected to find {needle:?} in:\n{text}"
+    );
+}

@@ -1,0 +1,9 @@
+//! fastworker's integration tests: one binary, shared helpers, real child
+//! processes and real files in temp dirs.
+
+mod cli;
+mod helpers;
+mod manifest;
+mod oneshot;
+mod pool;
+mod python_runner;
