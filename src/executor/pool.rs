@@ -44,6 +44,29 @@ struct PoolProcess {
     /// Bytes read from stdout that are not yet a whole line.
     pending: Vec<u8>,
     served: u32,
+    /// Read buffers, kept for the process's life rather than made per request.
+    out_buf: Box<[u8]>,
+    err_buf: Box<[u8]>,
+}
+
+impl PoolProcess {
+    fn new(proc: TaskProcess) -> Self {
+        PoolProcess {
+            proc,
+            pending: Vec::new(),
+            served: 0,
+            out_buf: vec![0u8; CHUNK].into_boxed_slice(),
+            err_buf: vec![0u8; 8192].into_boxed_slice(),
+        }
+    }
+}
+
+/// A request as a pool process receives it: the task request plus an `id`.
+#[derive(serde::Serialize)]
+struct PoolRequest<'a> {
+    id: u64,
+    #[serde(flatten)]
+    request: &'a TaskRequest,
 }
 
 /// How a request on a pool process ended, and whether the process is fit for more.
@@ -86,11 +109,7 @@ impl Pool {
                     ("FASTWORKER_MODE", "pool"),
                 ],
             ) {
-                Ok(proc) => PoolProcess {
-                    proc,
-                    pending: Vec::new(),
-                    served: 0,
-                },
+                Ok(proc) => PoolProcess::new(proc),
                 Err(outcome) => return started.finish(request, outcome, String::new(), None),
             },
         };
@@ -185,13 +204,7 @@ impl PoolProcess {
         cancel: &CancellationToken,
         tail: &mut Tail,
     ) -> Served {
-        let mut line = match serde_json::to_value(request) {
-            Ok(Value::Object(mut map)) => {
-                map.insert("id".to_owned(), Value::from(id));
-                serde_json::to_vec(&map).unwrap_or_default()
-            }
-            _ => unreachable!("a TaskRequest serializes to a JSON object"),
-        };
+        let mut line = serde_json::to_vec(&PoolRequest { id, request }).unwrap_or_default();
         line.push(b'\n');
 
         let TaskProcess {
@@ -215,7 +228,7 @@ impl PoolProcess {
         let cap = usize::try_from(spec.max_output).unwrap_or(usize::MAX);
         let deadline = spec.timeout.map(|t| Instant::now() + t);
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let (mut out_buf, mut err_buf) = (vec![0u8; CHUNK], vec![0u8; 8192]);
+        let (out_buf, err_buf) = (&mut self.out_buf, &mut self.err_buf);
         let (mut written, mut err_done) = (false, false);
 
         // Whatever the loop decides, the stderr the process wrote so far is kept.
@@ -240,7 +253,7 @@ impl PoolProcess {
                     // The process closed stdin: it is exiting; its exit status says why.
                     Err(_) => written = true,
                 },
-                read = stdout.read(&mut out_buf) => match read {
+                read = stdout.read(out_buf) => match read {
                     Ok(0) | Err(_) => {
                         let status = tokio::time::timeout(spec.grace_period, child.wait()).await;
                         let exit = status.ok().and_then(Result::ok).map(process::exit_state);
@@ -251,7 +264,7 @@ impl PoolProcess {
                     }
                     Ok(n) => self.pending.extend_from_slice(&out_buf[..n]),
                 },
-                read = stderr.read(&mut err_buf), if !err_done => match read {
+                read = stderr.read(err_buf), if !err_done => match read {
                     Ok(0) | Err(_) => err_done = true,
                     Ok(n) => tail.push(&err_buf[..n]),
                 },

@@ -59,7 +59,11 @@ pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess,
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v))),
     );
-    die_with_parent(&mut cmd);
+    // No pre_exec hook (e.g. PR_SET_PDEATHSIG): any hook makes std fork+exec
+    // instead of posix_spawn, which measured ~10% slower per one-shot task
+    // (docs/benchmarks.md). Without it, a fastworker killed with SIGKILL
+    // leaves its tasks to finish: pool processes exit on stdin EOF, one-shot
+    // processes end with their task.
 
     let mut child = cmd.spawn().map_err(|e| Outcome::SpawnFailed {
         program: program.clone(),
@@ -79,18 +83,6 @@ pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess,
         stdout,
         stderr,
     })
-}
-
-/// Asks the kernel to SIGKILL the task process if the thread that started it
-/// (a tokio worker thread, alive as long as the runtime) goes away, so that a
-/// fastworker killed with SIGKILL leaves no task process behind.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // makes the prctl(2) system call, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
-    }
 }
 
 fn spawn_error_message(e: &io::Error) -> String {
