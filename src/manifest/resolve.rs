@@ -524,33 +524,29 @@ impl Cx<'_> {
         table: &str,
         key: &str,
     ) -> Option<PathBuf> {
-        let path = self.dir.join(value.get_ref());
-        if path.is_file() {
-            Some(path)
-        } else {
-            self.err(
-                value.span(),
-                table,
-                Some(key),
-                format!("{key} file not found: {}", path.display()),
-            );
-            None
-        }
+        self.existing(value, table, key, Path::is_file, &format!("{key} file"))
     }
 
     fn existing_dir(&mut self, value: &Spanned<String>, table: &str, key: &str) -> Option<PathBuf> {
+        self.existing(value, table, key, Path::is_dir, "directory")
+    }
+
+    /// `value` as a path relative to the manifest's directory, if `exists` holds for it.
+    fn existing(
+        &mut self,
+        value: &Spanned<String>,
+        table: &str,
+        key: &str,
+        exists: fn(&Path) -> bool,
+        what: &str,
+    ) -> Option<PathBuf> {
         let path = self.dir.join(value.get_ref());
-        if path.is_dir() {
-            Some(path)
-        } else {
-            self.err(
-                value.span(),
-                table,
-                Some(key),
-                format!("directory not found: {}", path.display()),
-            );
-            None
+        if exists(&path) {
+            return Some(path);
         }
+        let message = format!("{what} not found: {}", path.display());
+        self.err(value.span(), table, Some(key), message);
+        None
     }
 
     fn positive(&mut self, value: Option<&Spanned<u32>>, table: &str, key: &str) -> Option<u32> {
@@ -577,7 +573,12 @@ impl Cx<'_> {
         let value = value?;
         let parsed = match value.get_ref() {
             toml::Value::String(s) => humantime::parse_duration(s).map_err(|e| {
-                format!("invalid duration \"{s}\": {e} (write e.g. \"30s\", \"5m\", \"1h 30m\")")
+                // humantime appends the list of every unit it knows: keep the reason.
+                let e = e.to_string();
+                let reason = e.split(", supported units").next().unwrap_or(&e);
+                format!(
+                    "invalid duration \"{s}\": {reason} (write e.g. \"30s\", \"500ms\", \"5m\", \"1h 30m\")"
+                )
             }),
             toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(n.unsigned_abs())),
             toml::Value::Float(f) if f.is_finite() && *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),

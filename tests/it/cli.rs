@@ -245,16 +245,11 @@ fn the_manifest_is_found_by_flag_then_env_then_cwd() {
 
 #[test]
 fn ctrl_c_cancels_the_task_and_kills_its_process() {
-    let fx = Fixture::new("");
+    let fx = Fixture::new(
+        "[tasks.s]\nscript = \"pidfile_sleep.sh\"\ngrace_period = \"200ms\"\n\
+         env = { PIDFILE = \"{dir}/task.pid\" }\n",
+    );
     let pidfile = fx.path("task.pid");
-    std::fs::write(
-        fx.manifest_path(),
-        format!(
-            "[tasks.s]\nscript = \"pidfile_sleep.sh\"\ngrace_period = \"200ms\"\nenv = {{ PIDFILE = \"{}\" }}\n",
-            pidfile.display()
-        ),
-    )
-    .expect("manifest");
     let mut cli = Command::new(BIN)
         .args([
             "run",

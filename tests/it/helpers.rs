@@ -20,12 +20,14 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// `{dir}` in `manifest` becomes the fixture's directory (for pid files).
     pub fn new(manifest: &str) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         for entry in std::fs::read_dir(FIXTURES).expect("fixtures dir") {
             let entry = entry.expect("fixture entry");
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy fixture");
         }
+        let manifest = manifest.replace("{dir}", &dir.path().display().to_string());
         std::fs::write(dir.path().join("tasks.toml"), manifest).expect("write manifest");
         Fixture { dir }
     }

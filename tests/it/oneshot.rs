@@ -147,16 +147,11 @@ fn a_script_without_a_shebang_needs_an_interpreter() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn timeout_kills_a_grandchild_that_ignores_sigterm() {
-    let fx = Fixture::new("");
+    let fx = Fixture::new(
+        "[tasks.t]\nscript = \"grandchild.sh\"\ntimeout = \"300ms\"\ngrace_period = \"200ms\"\n\
+         env = { PIDFILE = \"{dir}/grandchild.pid\" }\n",
+    );
     let pidfile = fx.path("grandchild.pid");
-    std::fs::write(
-        fx.manifest_path(),
-        format!(
-            "[tasks.t]\nscript = \"grandchild.sh\"\ntimeout = \"300ms\"\ngrace_period = \"200ms\"\nenv = {{ PIDFILE = \"{}\" }}\n",
-            pidfile.display()
-        ),
-    )
-    .expect("manifest");
     let e = run_once(&fx.spec("t"), vec![]).await;
     let grandchild = read_pid(&pidfile).await;
     let _cleanup = KillOnDrop(grandchild);
@@ -179,16 +174,11 @@ async fn timeout_kills_a_grandchild_that_ignores_sigterm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grandchild_left_behind_by_a_successful_task_is_killed() {
-    let fx = Fixture::new("");
+    let fx = Fixture::new(
+        "[tasks.t]\nscript = \"grandchild.sh\"\n\
+         env = { PIDFILE = \"{dir}/grandchild.pid\", EXIT_AT_ONCE = \"1\" }\n",
+    );
     let pidfile = fx.path("grandchild.pid");
-    std::fs::write(
-        fx.manifest_path(),
-        format!(
-            "[tasks.t]\nscript = \"grandchild.sh\"\nenv = {{ PIDFILE = \"{}\", EXIT_AT_ONCE = \"1\" }}\n",
-            pidfile.display()
-        ),
-    )
-    .expect("manifest");
     let e = run_once(&fx.spec("t"), vec![]).await;
     let grandchild = read_pid(&pidfile).await;
     let _cleanup = KillOnDrop(grandchild);
@@ -204,18 +194,14 @@ async fn a_grandchild_left_behind_by_a_successful_task_is_killed() {
     );
 }
 
+/// A task that writes its pid to `task.pid` and sleeps until stopped.
+const SLEEPER: &str =
+    "[tasks.s]\nscript = \"pidfile_sleep.sh\"\nenv = { PIDFILE = \"{dir}/task.pid\" }\n";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_the_process_group() {
-    let fx = Fixture::new("");
+    let fx = Fixture::new(SLEEPER);
     let pidfile = fx.path("task.pid");
-    std::fs::write(
-        fx.manifest_path(),
-        format!(
-            "[tasks.s]\nscript = \"pidfile_sleep.sh\"\nenv = {{ PIDFILE = \"{}\" }}\n",
-            pidfile.display()
-        ),
-    )
-    .expect("manifest");
     let spec = fx.spec("s");
     let cancel = CancellationToken::new();
     let executor = fastworker::executor::Executor::new();
@@ -337,16 +323,8 @@ async fn environment_and_working_directory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_a_run_kills_its_process_group() {
-    let fx = Fixture::new("");
+    let fx = Fixture::new(SLEEPER);
     let pidfile = fx.path("task.pid");
-    std::fs::write(
-        fx.manifest_path(),
-        format!(
-            "[tasks.s]\nscript = \"pidfile_sleep.sh\"\nenv = {{ PIDFILE = \"{}\" }}\n",
-            pidfile.display()
-        ),
-    )
-    .expect("manifest");
     let spec = fx.spec("s");
     let executor = fastworker::executor::Executor::new();
     let req = request("s", vec![]);
