@@ -122,9 +122,8 @@ fn record_json(attempts: &[Execution]) -> Value {
         .map(|e| {
             let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
             if let Some(map) = v.as_object_mut() {
-                for key in ["task_id", "name", "stderr", "result", "task_error"] {
-                    map.remove(key);
-                }
+                const PER_TASK: [&str; 5] = ["task_id", "name", "stderr", "result", "task_error"];
+                map.retain(|key, _| !PER_TASK.contains(&key.as_str()));
             }
             v
         })

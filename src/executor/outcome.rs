@@ -237,7 +237,8 @@ mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64() * 1000.0)
+        // Whole microseconds: more digits would be noise from float arithmetic.
+        s.serialize_f64(d.as_micros() as f64 / 1000.0)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
