@@ -104,16 +104,29 @@ class Target:
         return result
 
 
-def error_object(exc, skip_frames):
-    """A structured error; the runner's own frames are left out of the traceback."""
-    tb = exc.__traceback__
-    for _ in range(skip_frames):
-        if tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
+# Frames of this file are left out of tracebacks (it runs as "<string>" under -c).
+RUNNER_FILE = globals().get("__file__", "<string>")
+
+
+def _without_runner_frames(te, depth=0):
+    """Drops this runner's frames from a TracebackException and its chain."""
+    te.stack = traceback.StackSummary.from_list(
+        [frame for frame in te.stack if frame.filename != RUNNER_FILE]
+    )
+    if depth < 20:
+        for chained in (te.__cause__, te.__context__):
+            if chained is not None:
+                _without_runner_frames(chained, depth + 1)
+    return te
+
+
+def error_object(exc):
+    """A structured error whose traceback starts in the task's own code."""
+    te = _without_runner_frames(traceback.TracebackException.from_exception(exc))
     return {
         "type": type(exc).__name__,
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+        "traceback": "".join(te.format()),
     }
 
 
@@ -137,10 +150,13 @@ def run_one(target, request):
     try:
         result = target.call(request)
     except TaskLoadError as exc:
-        return "error", {"type": "TaskLoadError", "message": str(exc), "traceback": traceback.format_exc()}
+        error = error_object(exc)
+        if exc.__cause__ is not None:
+            # The import's own error (e.g. a SyntaxError in the module) is what helps.
+            error["traceback"] = error_object(exc.__cause__)["traceback"]
+        return "error", error
     except BaseException as exc:  # noqa: B036 - SystemExit in a task is a task error
-        # Skip run_one and Target.call: the traceback starts in the task.
-        return "error", error_object(exc, skip_frames=2)
+        return "error", error_object(exc)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -56,8 +56,8 @@ pub struct RunArgs {
     /// Print the whole result record as JSON (status, result, error, timings, attempts)
     #[arg(long)]
     pub json: bool,
-    /// Override the task's timeout (e.g. 30s, 2m)
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// Override the task's timeout: 30s, 2m, 1h 30m, or a number of seconds
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 }
 
@@ -84,6 +84,14 @@ pub fn main() -> ExitCode {
     };
     let code = runtime.block_on(commands::dispatch(cli));
     ExitCode::from(code)
+}
+
+/// A duration as the manifest takes it: humantime (`30s`) or seconds (`30`, `0.5`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|e| e.to_string()),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+    }
 }
 
 fn init_tracing(level: Option<&str>) {

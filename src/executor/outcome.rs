@@ -157,11 +157,9 @@ impl fmt::Display for Outcome {
             Outcome::Timeout { limit } => {
                 write!(f, "timed out after {}", humantime::format_duration(*limit))
             }
-            Outcome::OutputTooLarge { limit } => write!(
-                f,
-                "output too large: more than {} ({limit} bytes)",
-                bytesize::ByteSize(*limit)
-            ),
+            Outcome::OutputTooLarge { limit } => {
+                write!(f, "output too large: more than {}", exact_size(*limit))
+            }
             Outcome::InvalidOutput { message, head } => {
                 write!(f, "invalid output: {message}; output began with {head:?}")
             }
@@ -170,6 +168,16 @@ impl fmt::Display for Outcome {
             }
             Outcome::Cancelled => f.write_str("cancelled"),
         }
+    }
+}
+
+/// A byte count in the largest binary unit that states it exactly.
+fn exact_size(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    match bytes {
+        b if b >= MIB && b % MIB == 0 => format!("{} MiB", b / MIB),
+        b if b >= 1024 && b % 1024 == 0 => format!("{} KiB", b / 1024),
+        b => format!("{b} bytes"),
     }
 }
 

@@ -236,6 +236,15 @@ impl PoolProcess {
             if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
                 let reply: Vec<u8> = self.pending.drain(..=end).collect();
                 process::read_available(&*stderr, |b| tail.push(b));
+                if end > cap {
+                    // A whole line that is too long: the process itself is fine.
+                    break Served {
+                        outcome: Outcome::OutputTooLarge {
+                            limit: spec.max_output,
+                        },
+                        reusable: true,
+                    };
+                }
                 break judge_reply(&reply[..end], id);
             }
             if self.pending.len() > cap {

@@ -110,9 +110,13 @@ impl ProcessGroup {
         }
     }
 
-    /// Whether any process of the group still exists (zombies count).
+    /// Whether any live process (not a zombie) is still in the group.
+    ///
+    /// `killpg(pgid, 0)` alone counts zombies: a grandchild orphaned by the
+    /// task's exit stays a zombie until init reaps it, which was seen to take
+    /// over a second. So a positive answer is checked against `/proc`.
     pub fn alive(self) -> bool {
-        killpg(self.0, None).is_ok()
+        killpg(self.0, None).is_ok() && has_live_member(self.0.as_raw())
     }
 
     /// Kills what is left of the group once its leader has been reaped: at
@@ -125,6 +129,32 @@ impl ProcessGroup {
         }
         self.signal(Signal::SIGKILL);
     }
+}
+
+/// Whether `/proc` lists a process in group `pgid` that is not a zombie
+/// (true where `/proc` cannot be read, to err on the side of waiting).
+fn has_live_member(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .any(|stat| {
+            // Fields after the parenthesized command: state, ppid, pgrp, ...
+            let mut fields = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+            pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+        })
 }
 
 /// Ends a stop that began with SIGTERM: waits up to `grace` for the leader,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Execution, Executor, TaskRequest};
+use super::{Execution, Executor, Outcome, Started, TaskRequest};
 use crate::manifest::TaskSpec;
 
 /// The longest wait between two attempts.
@@ -52,11 +52,19 @@ pub async fn run_with_retries(
         on_attempt(&execution, wait);
         attempts.push(execution);
         let Some(wait) = wait else { break };
+        request.attempt += 1;
+        let waiting = Started::now();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = cancel.cancelled() => break,
+            () = cancel.cancelled() => {
+                // Cancelled while waiting to retry: the task ends cancelled,
+                // as the attempt that never started.
+                let cancelled = waiting.finish(&request, Outcome::Cancelled, String::new(), None);
+                on_attempt(&cancelled, None);
+                attempts.push(cancelled);
+                break;
+            }
         }
-        request.attempt += 1;
     }
     attempts
 }

@@ -16,8 +16,8 @@ use toml::Spanned;
 
 use super::error::{Locator, ManifestError, Problem};
 use super::program::Resolver;
-use super::raw::{RawManifest, RawRunner, RawTable, S};
-use super::{HowToRun, Launch, Mode, TaskSpec};
+use super::raw::{RawManifest, RawRunner, RawTable};
+use super::{HowToRun, Launch, Mode, Priority, TaskSpec};
 use crate::runners;
 
 /// The built-in defaults, in one place.
@@ -40,9 +40,52 @@ struct RunnerDef {
     requested: String,
     interpreter: Result<(PathBuf, Vec<String>), String>,
     script: RunnerScript,
+    /// Its mode and pool settings (the only options a runner sets).
+    options: Options,
+}
+
+/// The options one table sets, validated; `None` where it sets nothing.
+#[derive(Debug, Clone, Default)]
+struct Options {
+    timeout: Option<Duration>,
+    priority: Option<Priority>,
+    retries: Option<u32>,
+    retry_backoff: Option<Duration>,
+    env: BTreeMap<String, String>,
+    inherit_env: Option<bool>,
+    cwd: Option<PathBuf>,
+    max_output: Option<u64>,
+    max_concurrency: Option<u32>,
     mode: Option<Mode>,
     pool_size: Option<u32>,
     max_tasks_per_process: Option<u32>,
+    grace_period: Option<Duration>,
+}
+
+impl Options {
+    /// These options, with `fallback`'s where these set none (`env` merges,
+    /// these keys winning).
+    fn or(self, fallback: &Options) -> Options {
+        let mut env = fallback.env.clone();
+        env.extend(self.env);
+        Options {
+            timeout: self.timeout.or(fallback.timeout),
+            priority: self.priority.or(fallback.priority),
+            retries: self.retries.or(fallback.retries),
+            retry_backoff: self.retry_backoff.or(fallback.retry_backoff),
+            env,
+            inherit_env: self.inherit_env.or(fallback.inherit_env),
+            cwd: self.cwd.or_else(|| fallback.cwd.clone()),
+            max_output: self.max_output.or(fallback.max_output),
+            max_concurrency: self.max_concurrency.or(fallback.max_concurrency),
+            mode: self.mode.or(fallback.mode),
+            pool_size: self.pool_size.or(fallback.pool_size),
+            max_tasks_per_process: self
+                .max_tasks_per_process
+                .or(fallback.max_tasks_per_process),
+            grace_period: self.grace_period.or(fallback.grace_period),
+        }
+    }
 }
 
 enum RunnerScript {
@@ -72,13 +115,12 @@ pub(super) fn resolve(
         resolver: Resolver::new(dir),
     };
 
-    let empty = RawTable::default();
     let defaults = match &raw.defaults {
         Some(table) => {
             cx.reject_ways_to_run(table.get_ref(), "defaults");
-            table.get_ref()
+            cx.options(table.get_ref(), "defaults")
         }
-        None => &empty,
+        None => Options::default(),
     };
 
     let mut runners = BTreeMap::new();
@@ -95,7 +137,7 @@ pub(super) fn resolve(
 
     let mut tasks = BTreeMap::new();
     for (name, table) in &raw.tasks {
-        if let Some(spec) = cx.task(name, table, defaults, &runners) {
+        if let Some(spec) = cx.task(name, table, &defaults, &runners) {
             tasks.insert(name.clone(), Arc::new(spec));
         }
     }
@@ -173,22 +215,25 @@ impl Cx<'_> {
             None if name == "python" => RunnerScript::BuiltinPython,
             None => RunnerScript::None,
         };
-        let mode = t.mode.as_ref().map(|m| *m.get_ref());
-        let pool_size = self.positive(t.pool_size.as_ref(), &tname, "pool_size");
-        let max_tasks_per_process = self.positive(
-            t.max_tasks_per_process.as_ref(),
-            &tname,
-            "max_tasks_per_process",
-        );
+        let mut options = Options {
+            mode: t.mode.as_ref().map(|m| *m.get_ref()),
+            pool_size: self.positive(t.pool_size.as_ref(), &tname, "pool_size"),
+            max_tasks_per_process: self.positive(
+                t.max_tasks_per_process.as_ref(),
+                &tname,
+                "max_tasks_per_process",
+            ),
+            ..Options::default()
+        };
         // The predefined Python runner warms a pool unless told otherwise.
-        let mode = mode.or((name == "python").then_some(Mode::Pool));
+        if name == "python" {
+            options.mode = options.mode.or(Some(Mode::Pool));
+        }
         (self.problems.len() == before).then_some(RunnerDef {
             requested,
             interpreter,
             script,
-            mode,
-            pool_size,
-            max_tasks_per_process,
+            options,
         })
     }
 
@@ -196,7 +241,7 @@ impl Cx<'_> {
         &mut self,
         name: &str,
         table: &Spanned<RawTable>,
-        d: &RawTable,
+        defaults: &Options,
         runners: &BTreeMap<String, RunnerDef>,
     ) -> Option<TaskSpec> {
         let t = table.get_ref();
@@ -210,99 +255,67 @@ impl Cx<'_> {
                 format!("task name '{name}' may only use letters, digits, '_', '-', '.' and ':'"),
             );
         }
-
-        let (how, runner) = self.how_to_run(name, table, &tname, runners)?;
-
-        // The runner's pool settings sit between the task's own and [defaults].
-        let mode = t
-            .mode
-            .as_ref()
-            .map(|m| *m.get_ref())
-            .or(runner.and_then(|r| r.mode))
-            .or(d.mode.as_ref().map(|m| *m.get_ref()))
-            .unwrap_or_default();
-        let pool_size = self
-            .positive(t.pool_size.as_ref(), &tname, "pool_size")
-            .or(runner.and_then(|r| r.pool_size))
-            .or(self.positive(d.pool_size.as_ref(), "defaults", "pool_size"))
-            .map_or_else(Builtin::pool_size, |n| n as usize);
-        let max_tasks_per_process = self
-            .positive(
-                t.max_tasks_per_process.as_ref(),
-                &tname,
-                "max_tasks_per_process",
-            )
-            .or(runner.and_then(|r| r.max_tasks_per_process))
-            .or(self.positive(
-                d.max_tasks_per_process.as_ref(),
-                "defaults",
-                "max_tasks_per_process",
-            ));
-        let launch = self.launch(&how, runner, mode);
-
-        let timeout = self.duration(pick(&t.timeout, &d.timeout), &tname, "timeout");
-        let retry_backoff = self
-            .duration(
-                pick(&t.retry_backoff, &d.retry_backoff),
-                &tname,
-                "retry_backoff",
-            )
-            .unwrap_or(Builtin::RETRY_BACKOFF);
-        let grace_period = self
-            .duration(
-                pick(&t.grace_period, &d.grace_period),
-                &tname,
-                "grace_period",
-            )
-            .unwrap_or(Builtin::GRACE_PERIOD);
-        let max_output = self
-            .bytes(pick(&t.max_output, &d.max_output), &tname, "max_output")
-            .unwrap_or(Builtin::MAX_OUTPUT);
-        let max_concurrency = self.positive(
-            pick(&t.max_concurrency, &d.max_concurrency),
-            &tname,
-            "max_concurrency",
-        );
-        let cwd = match pick(&t.cwd, &d.cwd) {
-            Some(cwd) => self.existing_dir(cwd, &tname, "cwd"),
-            None => Some(self.dir.to_path_buf()),
-        };
-
-        // `env` merges: [defaults] first, the task's own keys on top.
-        let mut env = d
-            .env
-            .as_ref()
-            .map(|e| e.get_ref().clone())
-            .unwrap_or_default();
-        if let Some(own) = &t.env {
-            env.extend(own.get_ref().clone());
-        }
-
+        // Options are checked even when the way to run is wrong, so that one
+        // `check` shows every problem.
+        let how = self.how_to_run(name, table, &tname, runners);
+        let own = self.options(t, &tname);
         if self.problems.len() != before {
             return None;
         }
+        let (how, runner) = how?;
+        let empty = Options::default();
+        let o = own.or(runner.map_or(&empty, |r| &r.options)).or(defaults);
+        let mode = o.mode.unwrap_or_default();
+        let launch = self.launch(&how, runner, mode);
         Some(TaskSpec {
             name: name.to_owned(),
             description: t.description.as_ref().map(|d| d.get_ref().clone()),
             how,
             launch,
-            timeout,
-            priority: pick(&t.priority, &d.priority)
-                .map(|p| *p.get_ref())
-                .unwrap_or_default(),
-            retries: pick(&t.retries, &d.retries).map_or(0, |r| *r.get_ref()),
-            retry_backoff,
-            env,
-            inherit_env: pick(&t.inherit_env, &d.inherit_env)
-                .map_or(Builtin::INHERIT_ENV, |b| *b.get_ref()),
-            cwd: cwd?,
-            max_output,
-            max_concurrency,
+            timeout: o.timeout,
+            priority: o.priority.unwrap_or_default(),
+            retries: o.retries.unwrap_or(0),
+            retry_backoff: o.retry_backoff.unwrap_or(Builtin::RETRY_BACKOFF),
+            env: o.env,
+            inherit_env: o.inherit_env.unwrap_or(Builtin::INHERIT_ENV),
+            cwd: o.cwd.unwrap_or_else(|| self.dir.to_path_buf()),
+            max_output: o.max_output.unwrap_or(Builtin::MAX_OUTPUT),
+            max_concurrency: o.max_concurrency,
             mode,
-            pool_size,
-            max_tasks_per_process,
-            grace_period,
+            pool_size: o.pool_size.map_or_else(Builtin::pool_size, |n| n as usize),
+            max_tasks_per_process: o.max_tasks_per_process,
+            grace_period: o.grace_period.unwrap_or(Builtin::GRACE_PERIOD),
         })
+    }
+
+    /// Validates the options `t` sets (a task's table or `[defaults]`).
+    fn options(&mut self, t: &RawTable, table: &str) -> Options {
+        Options {
+            timeout: self.duration(t.timeout.as_ref(), table, "timeout"),
+            priority: t.priority.as_ref().map(|p| *p.get_ref()),
+            retries: t.retries.as_ref().map(|r| *r.get_ref()),
+            retry_backoff: self.duration(t.retry_backoff.as_ref(), table, "retry_backoff"),
+            env: t
+                .env
+                .as_ref()
+                .map(|e| e.get_ref().clone())
+                .unwrap_or_default(),
+            inherit_env: t.inherit_env.as_ref().map(|b| *b.get_ref()),
+            cwd: t
+                .cwd
+                .as_ref()
+                .and_then(|c| self.existing_dir(c, table, "cwd")),
+            max_output: self.bytes(t.max_output.as_ref(), table, "max_output"),
+            max_concurrency: self.positive(t.max_concurrency.as_ref(), table, "max_concurrency"),
+            mode: t.mode.as_ref().map(|m| *m.get_ref()),
+            pool_size: self.positive(t.pool_size.as_ref(), table, "pool_size"),
+            max_tasks_per_process: self.positive(
+                t.max_tasks_per_process.as_ref(),
+                table,
+                "max_tasks_per_process",
+            ),
+            grace_period: self.duration(t.grace_period.as_ref(), table, "grace_period"),
+        }
     }
 
     /// Checks that exactly one way to run is given and builds the launch line.
@@ -630,10 +643,6 @@ impl Cx<'_> {
             }
         }
     }
-}
-
-fn pick<'a, T>(task: &'a S<T>, defaults: &'a S<T>) -> Option<&'a Spanned<T>> {
-    task.as_ref().or(defaults.as_ref())
 }
 
 /// The command line of a runner process: interpreter, runner program, then

@@ -287,3 +287,20 @@ fn ctrl_c_cancels_the_task_and_kills_its_process() {
     std::io::Read::read_to_string(&mut cli.stderr.take().expect("stderr"), &mut err).expect("read");
     assert_contains(&err, "error: task 's' cancelled");
 }
+
+#[test]
+fn timeout_accepts_seconds_or_humantime() {
+    for timeout in ["0.3", "300ms"] {
+        let o = fastworker(&[
+            "run",
+            "--manifest",
+            &example(),
+            "--timeout",
+            timeout,
+            "sleep",
+            "30",
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_contains(&stderr(&o), "error: task 'sleep' timed out after 300ms");
+    }
+}

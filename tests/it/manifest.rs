@@ -276,3 +276,28 @@ fn a_custom_runner_needs_an_interpreter() {
     let err = load_error("[runners.node]\nmode = \"pool\"\n");
     assert_contains(&err, "[runners.node]: a runner needs `interpreter`");
 }
+
+#[test]
+fn defaults_are_checked_once_even_without_tasks() {
+    let err = load_error("[defaults]\npool_size = 0\nmax_output = \"lots\"\n");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_contains(lines[0], "tasks.toml:2:13: [defaults] key `pool_size`");
+    assert_contains(lines[1], "tasks.toml:3:14: [defaults] key `max_output`");
+    let err = load_error(
+        "[defaults]\ntimeout = \"soon\"\n\n[tasks.a]\ncommand = [\"true\"]\n\n[tasks.b]\ncommand = [\"true\"]\n",
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "reported once, not per task:\n{err}"
+    );
+    assert_contains(&err, "[defaults] key `timeout`: invalid duration \"soon\"");
+}
+
+#[test]
+fn a_bad_way_to_run_does_not_hide_bad_options() {
+    let err = load_error("[tasks.a]\nscript = \"missing.py\"\ntimeout = \"later\"\n");
+    assert_contains(&err, "tasks.toml:2:10: [tasks.a] key `script`");
+    assert_contains(&err, "tasks.toml:3:11: [tasks.a] key `timeout`");
+}

@@ -339,3 +339,31 @@ async fn dropping_a_run_kills_its_process_group() {
     let _cleanup = KillOnDrop(pid);
     assert!(wait_for(Duration::from_secs(5), || !process_alive(pid)).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_while_waiting_to_retry_ends_the_task_cancelled() {
+    let fx = Fixture::new(
+        "[tasks.f]\ncommand = [\"sh\", \"-c\", \"exit 1\"]\nretries = 5\nretry_backoff = \"1h\"\n",
+    );
+    let spec = fx.spec("f");
+    let executor = fastworker::executor::Executor::new();
+    let cancel = CancellationToken::new();
+    let attempts = fastworker::executor::retry::run_with_retries(
+        &executor,
+        &spec,
+        request("f", vec![]),
+        &cancel,
+        |e, wait| {
+            if e.attempt == 1 {
+                assert!(wait.is_some(), "attempt 1 is retried");
+                cancel.cancel();
+            }
+        },
+    )
+    .await;
+    let outcomes: Vec<(u32, &str)> = attempts
+        .iter()
+        .map(|e| (e.attempt, e.outcome.status()))
+        .collect();
+    assert_eq!(outcomes, [(1, "failed"), (2, "cancelled")]);
+}

@@ -261,6 +261,14 @@ async fn a_reply_over_max_output_is_refused() {
     let executor = Executor::new();
     let e = run(&executor, &fx, "big", vec![json!(100_000)]).await;
     assert_eq!(e.outcome, Outcome::OutputTooLarge { limit: 1000 });
+    assert_eq!(
+        e.outcome.to_string(),
+        "output too large: more than 1000 bytes"
+    );
+    // A whole reply line just over the cap is refused too; the process is kept.
+    let e = run(&executor, &fx, "big", vec![json!(1_000)]).await;
+    assert_eq!(e.outcome, Outcome::OutputTooLarge { limit: 1000 });
+    let kept = e.pid;
     let e = run(&executor, &fx, "big", vec![json!(10)]).await;
     assert_eq!(
         e.outcome,
@@ -268,5 +276,6 @@ async fn a_reply_over_max_output_is_refused() {
             result: json!("x".repeat(10))
         }
     );
+    assert_eq!(e.pid, kept);
     executor.shutdown().await;
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use fastworker::executor::{ExitState, Outcome, TaskError};
+use fastworker::manifest::Manifest;
 use serde_json::{Value, json};
 
 use crate::helpers::{Fixture, assert_contains, run_once};
@@ -33,8 +34,8 @@ fn manifest(mode: &str, extra_runner: &str) -> String {
     m
 }
 
-async fn outcome(fx: &Fixture, task: &str, args: Vec<Value>) -> (Outcome, String) {
-    let e = run_once(&fx.spec(task), args).await;
+async fn outcome(m: &Manifest, task: &str, args: Vec<Value>) -> (Outcome, String) {
+    let e = run_once(m.task(task).expect("task"), args).await;
     (e.outcome, e.stderr)
 }
 
@@ -56,6 +57,8 @@ fn task_error(outcome: &Outcome, mode: &str) -> TaskError {
 
 async fn check_runner(mode: &str, extra_runner: &str) {
     let fx = Fixture::new(&manifest(mode, extra_runner));
+    // Loaded once: each load asks a pyenv shim for sys.executable.
+    let fx = fx.load();
 
     let (o, _) = outcome(&fx, "add", vec![json!(5), json!(3)]).await;
     assert_eq!(o, Outcome::Success { result: json!(8) }, "{mode}");
@@ -63,7 +66,7 @@ async fn check_runner(mode: &str, extra_runner: &str) {
     let (o, _) = outcome(&fx, "async_add", vec![json!(2), json!(2)]).await;
     assert_eq!(o, Outcome::Success { result: json!(4) }, "{mode}");
 
-    let e = run_once(&fx.spec("kwargs_echo"), vec![json!(1)]).await;
+    let e = run_once(fx.task("kwargs_echo").expect("task"), vec![json!(1)]).await;
     assert_eq!(
         e.outcome,
         Outcome::Success {
@@ -104,6 +107,18 @@ async fn check_runner(mode: &str, extra_runner: &str) {
         assert_eq!(err.kind, "ResultNotSerializable", "{mode} {task}");
         assert_contains(&err.message, "not JSON-serializable");
     }
+
+    // A call that fails before the task's code runs shows no runner frames.
+    let (o, _) = outcome(&fx, "add", vec![json!(1), json!(2), json!(3)]).await;
+    let tb = task_error(&o, mode).traceback.unwrap_or_default();
+    assert_contains(
+        &tb,
+        "TypeError: add() takes 2 positional arguments but 3 were given",
+    );
+    assert!(
+        !tb.contains("fastworker_runner") && !tb.contains("<string>"),
+        "{mode}:\n{tb}"
+    );
 
     let (o, _) = outcome(&fx, "exit_in_task", vec![]).await;
     assert_eq!(task_error(&o, mode).kind, "SystemExit");
@@ -175,6 +190,6 @@ async fn the_runner_file_is_the_embedded_runner() {
         ),
     )
     .expect("manifest");
-    let (o, stderr) = outcome(&fx, "add", vec![json!(1), json!(2)]).await;
+    let (o, stderr) = outcome(&fx.load(), "add", vec![json!(1), json!(2)]).await;
     assert_eq!(o, Outcome::Success { result: json!(3) }, "{stderr}");
 }
