@@ -130,10 +130,15 @@ def error_object(exc):
     }
 
 
+# One encoder for every reply: json.dumps with non-default options builds a
+# new encoder per call. NaN and Infinity are not JSON, so they are refused.
+ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def encode_result(result):
     """The JSON text of a result, or a clear error when it has none."""
     try:
-        return json.dumps(result, allow_nan=False, separators=(",", ":"))
+        return ENCODER.encode(result)
     except (TypeError, ValueError) as exc:
         raise ResultNotSerializable(
             f"the task returned a value that is not JSON-serializable "
@@ -197,7 +202,7 @@ def pool(target, proto_in, proto_out):
             return 2
         kind, value = run_one(target, request)
         if kind == "ok":
-            reply = '{"id":%s,"ok":%s}\n' % (json.dumps(request_id), value)
+            reply = '{"id":%s,"ok":%s}\n' % (ENCODER.encode(request_id), value)
         else:
             reply = json.dumps({"id": request_id, "error": value}) + "\n"
         proto_out.write(reply.encode("utf-8"))
