@@ -233,19 +233,9 @@ impl PoolProcess {
 
         // Whatever the loop decides, the stderr the process wrote so far is kept.
         let served = loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let reply: Vec<u8> = self.pending.drain(..=end).collect();
+            if let Some(served) = take_reply(&mut self.pending, spec.max_output, id) {
                 process::read_available(&*stderr, |b| tail.push(b));
-                if end > cap {
-                    // A whole line that is too long: the process itself is fine.
-                    break Served {
-                        outcome: Outcome::OutputTooLarge {
-                            limit: spec.max_output,
-                        },
-                        reusable: true,
-                    };
-                }
-                break judge_reply(&reply[..end], id);
+                break served;
             }
             if self.pending.len() > cap {
                 let _ = process::stop(child, group, spec.grace_period).await;
@@ -281,9 +271,7 @@ impl PoolProcess {
                     group.signal(nix::sys::signal::Signal::SIGKILL);
                     // A reply written just before exiting still counts.
                     process::read_available(&*stdout, |b| self.pending.extend_from_slice(b));
-                    if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                        let reply: Vec<u8> = self.pending.drain(..=end).collect();
-                        let mut served = judge_reply(&reply[..end], id);
+                    if let Some(mut served) = take_reply(&mut self.pending, spec.max_output, id) {
                         served.reusable = false;
                         break served;
                     }
@@ -307,6 +295,21 @@ impl PoolProcess {
         }
         served
     }
+}
+
+/// Takes the first whole line out of `pending` and judges it as the reply to
+/// request `id`; `None` while no line is complete.
+fn take_reply(pending: &mut Vec<u8>, max_output: u64, id: u64) -> Option<Served> {
+    let end = pending.iter().position(|&b| b == b'\n')?;
+    let line: Vec<u8> = pending.drain(..=end).collect();
+    if usize::try_from(max_output).is_ok_and(|cap| end > cap) {
+        // A whole line that is too long: the process itself behaved.
+        return Some(Served {
+            outcome: Outcome::OutputTooLarge { limit: max_output },
+            reusable: true,
+        });
+    }
+    Some(judge_reply(&line[..end], id))
 }
 
 /// The outcome of a reply line.
