@@ -202,7 +202,11 @@ def pool(target, proto_in, proto_out):
             return 2
         kind, value = run_one(target, request)
         if kind == "ok":
-            reply = '{"id":%s,"ok":%s}\n' % (ENCODER.encode(request_id), value)
+            # fastworker's ids are integers: format them directly (the hot path).
+            if type(request_id) is int:
+                reply = '{"id":%d,"ok":%s}\n' % (request_id, value)
+            else:
+                reply = '{"id":%s,"ok":%s}\n' % (ENCODER.encode(request_id), value)
         else:
             reply = json.dumps({"id": request_id, "error": value}) + "\n"
         proto_out.write(reply.encode("utf-8"))

@@ -224,12 +224,15 @@ impl PoolProcess {
             stdin.flush().await
         };
         tokio::pin!(write);
+        // A request line nearly always fits in the pipe: write it before the
+        // loop rather than spend a loop turn (and its polls) on it.
+        let mut written = futures_util::FutureExt::now_or_never(&mut write).is_some();
 
         let cap = usize::try_from(spec.max_output).unwrap_or(usize::MAX);
         let deadline = spec.timeout.map(|t| Instant::now() + t);
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let (out_buf, err_buf) = (&mut self.out_buf, &mut self.err_buf);
-        let (mut written, mut err_done) = (false, false);
+        let mut err_done = false;
 
         // Whatever the loop decides, the stderr the process wrote so far is kept.
         let served = loop {
@@ -246,12 +249,10 @@ impl PoolProcess {
                     reusable: false,
                 };
             }
+            // Biased: when the reply is there, take it without polling the
+            // other branches (child.wait() costs a waitpid each poll).
             tokio::select! {
-                done = &mut write, if !written => match done {
-                    Ok(()) => written = true,
-                    // The process closed stdin: it is exiting; its exit status says why.
-                    Err(_) => written = true,
-                },
+                biased;
                 read = stdout.read(out_buf) => match read {
                     Ok(0) | Err(_) => {
                         let status = tokio::time::timeout(spec.grace_period, child.wait()).await;
@@ -262,6 +263,11 @@ impl PoolProcess {
                         break lost(exit);
                     }
                     Ok(n) => self.pending.extend_from_slice(&out_buf[..n]),
+                },
+                done = &mut write, if !written => match done {
+                    Ok(()) => written = true,
+                    // The process closed stdin: it is exiting; its exit status says why.
+                    Err(_) => written = true,
                 },
                 read = stderr.read(err_buf), if !err_done => match read {
                     Ok(0) | Err(_) => err_done = true,
