@@ -252,19 +252,20 @@ fn check(manifest: Option<&Path>) -> u8 {
             return EXIT_FAILED;
         }
     };
+    // Which interpreter each runner uses, once per runner.
+    let mut runners: std::collections::BTreeMap<(&str, String), Vec<&str>> = Default::default();
     for task in manifest.tasks.values() {
-        match &task.launch.program {
-            Ok(path) => {
-                if let HowToRun::Runner { runner, .. } = &task.how {
-                    println!(
-                        "task '{}': runner {runner} uses {}",
-                        task.name,
-                        path.display()
-                    );
-                }
-            }
-            Err(e) => println!("warning: task '{}': {e} (it will fail to start)", task.name),
+        match (&task.launch.program, &task.how) {
+            (Ok(path), HowToRun::Runner { runner, .. }) => runners
+                .entry((runner.as_str(), path.display().to_string()))
+                .or_default()
+                .push(&task.name),
+            (Ok(_), _) => {}
+            (Err(e), _) => println!("warning: task '{}': {e} (it will fail to start)", task.name),
         }
+    }
+    for ((runner, program), tasks) in &runners {
+        println!("runner {runner}: {program} (for {})", tasks.join(", "));
     }
     println!(
         "{}: ok, {} task{}",
