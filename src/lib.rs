@@ -17,6 +17,10 @@
 //! the next parts and sit between `cli` and `executor`.
 
 pub mod cli;
+pub mod client;
+pub mod control_plane;
 pub mod executor;
 pub mod manifest;
+pub mod protocol;
 pub mod runners;
+pub mod transport;

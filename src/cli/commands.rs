@@ -11,24 +11,29 @@ use super::{Cli, Command, ListArgs, RunArgs};
 use crate::executor::{Execution, Executor, Outcome, TaskRequest, retry};
 use crate::manifest::{HowToRun, Manifest, ManifestError};
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_UNUSABLE: u8 = 2;
-const EXIT_CANCELLED: u8 = 130;
+pub(super) const EXIT_FAILED: u8 = 1;
+pub(super) const EXIT_UNUSABLE: u8 = 2;
+pub(super) const EXIT_CANCELLED: u8 = 130;
 
 pub async fn dispatch(cli: Cli) -> u8 {
     let manifest = cli.manifest.as_deref();
     match cli.command {
         Command::Run(args) => run(manifest, args).await,
+        Command::ControlPlane(args) => super::serve::control_plane(manifest, args).await,
+        Command::Submit(args) => super::remote::submit(args).await,
+        Command::Status(args) => super::remote::status(args).await,
+        Command::Cancel(args) => super::remote::cancel(args).await,
+        Command::List(args) if args.remote => super::remote::list(&args).await,
         Command::List(args) => list(manifest, &args),
         Command::Check => check(manifest),
     }
 }
 
-fn load(path: Option<&Path>) -> Result<Manifest, ManifestError> {
+pub(super) fn load(path: Option<&Path>) -> Result<Manifest, ManifestError> {
     Manifest::discover(path)
 }
 
-fn report_manifest_error(e: &ManifestError) {
+pub(super) fn report_manifest_error(e: &ManifestError) {
     match e {
         ManifestError::Invalid { problems } => {
             for problem in problems {
@@ -220,7 +225,7 @@ fn list(manifest: Option<&Path>, args: &ListArgs) -> u8 {
     0
 }
 
-fn print_table(header: &[&str; 4], rows: &[[String; 4]]) {
+pub(super) fn print_table(header: &[&str; 4], rows: &[[String; 4]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

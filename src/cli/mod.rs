@@ -7,6 +7,8 @@
 
 mod args;
 mod commands;
+mod remote;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +38,15 @@ pub struct Cli {
 pub enum Command {
     /// Run a task here and now, with no server, and print its result
     Run(RunArgs),
-    /// List the tasks the manifest defines
+    /// Start a control plane: take tasks over NNG and run them
+    ControlPlane(serve::ControlPlaneArgs),
+    /// Submit a task to a control plane and print its result
+    Submit(remote::SubmitArgs),
+    /// Show a task's state and result on a control plane
+    Status(remote::TaskIdArgs),
+    /// Cancel a task on a control plane (queued, scheduled, retrying or running)
+    Cancel(remote::TaskIdArgs),
+    /// List the tasks the manifest defines (or, with --remote, a control plane runs)
     List(ListArgs),
     /// Validate the manifest: exit 0 if it is valid, 1 if not
     Check,
@@ -66,6 +76,11 @@ pub struct ListArgs {
     /// Print the tasks as JSON
     #[arg(long)]
     pub json: bool,
+    /// Ask a running control plane instead of reading the manifest
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub connect: remote::ConnectArgs,
 }
 
 /// Parses the command line, runs the command and returns the exit code.
@@ -87,7 +102,7 @@ pub fn main() -> ExitCode {
 }
 
 /// A duration as the manifest takes it: humantime (`30s`) or seconds (`30`, `0.5`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
         Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|e| e.to_string()),
         Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
@@ -96,9 +111,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn init_tracing(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
+    // anng 0.1 logs every cancelled wait (a timeout, a select!) at warn.
     let filter = match level {
         Some(level) => EnvFilter::try_new(level),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("warn")),
+        None => {
+            EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("warn,anng=error"))
+        }
     }
     .unwrap_or_else(|e| {
         eprintln!("warning: bad log filter ({e}); using 'warn'");

@@ -152,3 +152,110 @@ pub fn assert_contains(text: &str, needle: &str) {
         "expected to find {needle:?} in:\n{text}"
     );
 }
+
+/// A control plane running in this test process on fresh ports; stopped
+/// (its running tasks cancelled) when dropped.
+pub struct TestControlPlane {
+    pub client: fastworker::client::Client,
+    /// The base address (`--base-address`) and discovery address of it.
+    pub base: String,
+    pub discovery: String,
+    pub core: fastworker::control_plane::CoreHandle,
+    shutdown: CancellationToken,
+    running: Option<fastworker::control_plane::ControlPlane>,
+}
+
+impl TestControlPlane {
+    /// Starts a control plane on `fx`'s manifest; `tweak` adjusts its config.
+    pub async fn start(
+        fx: &Fixture,
+        tweak: impl Fn(&mut fastworker::control_plane::Config),
+    ) -> Self {
+        let manifest = Arc::new(fx.load());
+        for _ in 0..20 {
+            let base_port = 20_000 + (rand_u16() % 40_000);
+            let base = format!("tcp://127.0.0.1:{base_port}");
+            let discovery = format!("tcp://127.0.0.1:{}", base_port + 6);
+            let mut config = fastworker::control_plane::Config::new(&base, &discovery);
+            config.concurrency = 2;
+            config.contexts_per_socket = 256;
+            tweak(&mut config);
+            let shutdown = CancellationToken::new();
+            match fastworker::control_plane::start(config, Arc::clone(&manifest), shutdown.clone())
+                .await
+            {
+                Ok(running) => {
+                    let client = fastworker::client::Client::new(&base, Duration::from_secs(10))
+                        .expect("client");
+                    return TestControlPlane {
+                        client,
+                        base,
+                        discovery,
+                        core: running.core.clone(),
+                        shutdown,
+                        running: Some(running),
+                    };
+                }
+                // A port in use: try another base.
+                Err(e) => eprintln!("retrying on other ports: {e}"),
+            }
+        }
+        panic!("no free ports for a control plane");
+    }
+
+    /// Shuts down (as on SIGTERM) and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.wait().await;
+        }
+    }
+
+    /// Polls the task's status until it is `status`.
+    pub async fn wait_status(&self, task_id: &str, status: fastworker::protocol::Status) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self
+                .client
+                .status(task_id)
+                .await
+                .expect("status")
+                .task
+                .map(|t| t.status);
+            if now == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {task_id} is {now:?}, never {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TestControlPlane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A random number, good enough to spread test ports.
+pub fn rand_u16() -> u16 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([bytes[0], bytes[1]])
+}
+
+/// A task for a control plane, with a fresh id.
+pub fn wire_task(name: &str, args: Vec<Value>) -> fastworker::protocol::WireTask {
+    fastworker::protocol::WireTask {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.to_owned(),
+        args,
+        kwargs: Map::new(),
+        priority: None,
+        eta: None,
+        callback: None,
+        reply: Default::default(),
+    }
+}

@@ -2,6 +2,8 @@
 //! processes and real files in temp dirs.
 
 mod cli;
+mod cli_remote;
+mod control_plane;
 mod helpers;
 mod manifest;
 mod oneshot;

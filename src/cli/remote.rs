@@ -1,0 +1,308 @@
+//! The commands that talk to a control plane: `submit`, `status`, `cancel`,
+//! `list --remote`.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+use super::ListArgs;
+use super::args::{parse_arg, parse_kwargs};
+use super::commands::{EXIT_FAILED, EXIT_UNUSABLE, print_table};
+use super::parse_duration;
+use crate::client::{Client, ClientError};
+use crate::manifest::Priority;
+use crate::protocol::{Status, WireTask};
+
+/// Exit code when a blocking submit stops waiting before the task ends.
+const EXIT_STILL_RUNNING: u8 = 124;
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// The control plane's base address
+    #[arg(
+        long,
+        env = "FASTWORKER_BASE_ADDRESS",
+        default_value = "tcp://127.0.0.1:5555"
+    )]
+    pub base_address: String,
+    /// Find the control plane through its announcements on this address instead
+    #[arg(long, value_name = "ADDRESS")]
+    pub discovery_address: Option<String>,
+    /// How long to wait for the control plane to answer a query
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+}
+
+impl ConnectArgs {
+    async fn client(&self) -> Result<Client, ClientError> {
+        match &self.discovery_address {
+            Some(discovery) => Client::discover(discovery, self.connect_timeout).await,
+            None => Client::new(&self.base_address, self.connect_timeout),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The task's name (or --task-name)
+    #[arg(required_unless_present = "task_name", conflicts_with = "task_name")]
+    pub task: Option<String>,
+    /// Arguments: JSON where valid JSON, otherwise strings (or --args)
+    #[arg(allow_negative_numbers = true)]
+    pub args: Vec<String>,
+    /// The task's name (FastWorker's form)
+    #[arg(long)]
+    pub task_name: Option<String>,
+    /// Arguments (FastWorker's form: --args 5 3)
+    #[arg(long = "args", num_args = 1.., allow_negative_numbers = true, value_name = "ARG")]
+    pub flag_args: Vec<String>,
+    /// A keyword argument, key=value (value parsed like an argument); repeatable
+    #[arg(long = "kwarg", value_name = "KEY=VALUE")]
+    pub kwargs: Vec<String>,
+    /// Priority [default: the task's priority in the control plane's manifest]
+    #[arg(long, value_enum)]
+    pub priority: Option<Priority>,
+    /// Print the task id as soon as the task is accepted, instead of waiting
+    #[arg(long)]
+    pub non_blocking: bool,
+    /// How long to wait for the result (the task goes on running after that)
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// The task id to use (a resubmit with a known id never runs it twice) [default: a new UUID]
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Print FastWorker's TaskResult record as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdArgs {
+    /// The task id (or --task-id)
+    #[arg(
+        required_unless_present = "task_id_flag",
+        conflicts_with = "task_id_flag"
+    )]
+    pub task_id: Option<String>,
+    #[arg(long = "task-id", value_name = "TASK_ID")]
+    pub task_id_flag: Option<String>,
+    /// Print the record as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+impl TaskIdArgs {
+    fn id(&self) -> &str {
+        self.task_id
+            .as_deref()
+            .or(self.task_id_flag.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+fn unreachable(e: &ClientError, connect: &ConnectArgs) -> u8 {
+    eprintln!("error: {e}");
+    if matches!(
+        e,
+        ClientError::Transport(crate::transport::TransportError::Dial { .. })
+    ) {
+        eprintln!(
+            "is `fastworker control-plane` running with --base-address {}?",
+            connect.base_address
+        );
+    }
+    EXIT_UNUSABLE
+}
+
+pub async fn submit(args: SubmitArgs) -> u8 {
+    let name = args
+        .task
+        .clone()
+        .or(args.task_name.clone())
+        .unwrap_or_default();
+    let kwargs = match parse_kwargs(&args.kwargs) {
+        Ok(kwargs) => kwargs,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_UNUSABLE;
+        }
+    };
+    let task = WireTask {
+        id: args
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        name: name.clone(),
+        args: args
+            .args
+            .iter()
+            .chain(&args.flag_args)
+            .map(|a| parse_arg(a))
+            .collect(),
+        kwargs,
+        priority: None,
+        eta: None,
+        callback: None,
+        reply: Default::default(),
+    };
+    let task_id = task.id.clone();
+    let client = match args.connect.client().await {
+        Ok(client) => client,
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+
+    if args.non_blocking {
+        return match client.submit_ack(task, args.priority).await {
+            Ok(ack) if ack.accepted => {
+                println!("{}", ack.task_id);
+                0
+            }
+            Ok(ack) => {
+                eprintln!("error: {}", ack.error.unwrap_or_default());
+                EXIT_UNUSABLE
+            }
+            Err(e) => unreachable(&e, &args.connect),
+        };
+    }
+
+    let waiting = client.submit(task, args.priority, args.timeout);
+    let reply = tokio::select! {
+        reply = waiting => reply,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("stopped waiting; task {task_id} goes on (fastworker status {task_id}, fastworker cancel {task_id})");
+            return super::commands::EXIT_CANCELLED;
+        }
+    };
+    let result = match reply {
+        Ok(result) => result,
+        Err(ClientError::Transport(crate::transport::TransportError::Timeout { .. })) => {
+            eprintln!(
+                "no result within {}; task {task_id} goes on (fastworker status {task_id})",
+                humantime::format_duration(args.timeout)
+            );
+            return EXIT_STILL_RUNNING;
+        }
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&result).unwrap_or_default());
+    }
+    match result.status {
+        Status::Success => {
+            if !args.json {
+                println!("{}", result.result);
+            }
+            0
+        }
+        _ if result.refused => {
+            eprintln!("error: {}", result.error.unwrap_or_default());
+            EXIT_UNUSABLE
+        }
+        status => {
+            eprintln!(
+                "error: task '{name}' ({task_id}) {}: {}",
+                status.as_str(),
+                result.error.unwrap_or_default()
+            );
+            EXIT_FAILED
+        }
+    }
+}
+
+pub async fn status(args: TaskIdArgs) -> u8 {
+    let client = match args.connect.client().await {
+        Ok(client) => client,
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+    let reply = match client.status(args.id()).await {
+        Ok(reply) => reply,
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+    let Some(task) = reply.task else {
+        eprintln!("error: {}", reply.error.unwrap_or_default());
+        return EXIT_FAILED;
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&task).unwrap_or_default());
+        return 0;
+    }
+    println!("{}  {}  {}", task.task_id, task.name, task.status.as_str());
+    if task.status == Status::Success {
+        println!("  result: {}", task.result);
+    }
+    if let Some(error) = &task.error {
+        println!("  error: {error}");
+    }
+    let mut facts = vec![format!("priority {}", task.priority)];
+    if !task.attempts.is_empty() {
+        facts.push(format!("attempts {}", task.attempts.len()));
+    }
+    facts.push(format!("submitted {}", task.submitted_at.to_rfc3339()));
+    if let (Some(started), Some(finished)) = (task.started_at, task.finished_at) {
+        let took = (finished - started).to_std().unwrap_or_default();
+        facts.push(format!(
+            "took {}",
+            humantime::format_duration(Duration::from_millis(took.as_millis() as u64))
+        ));
+    }
+    println!("  {}", facts.join(", "));
+    0
+}
+
+pub async fn cancel(args: TaskIdArgs) -> u8 {
+    let client = match args.connect.client().await {
+        Ok(client) => client,
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+    match client.cancel(args.id()).await {
+        Ok(reply) if args.json => {
+            println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+            if reply.cancelled { 0 } else { EXIT_FAILED }
+        }
+        Ok(reply) if reply.cancelled => {
+            match reply.status {
+                Some(Status::Running) => println!(
+                    "cancelling {}: it was running; its process group is being stopped",
+                    reply.task_id
+                ),
+                _ => println!("cancelled {}", reply.task_id),
+            }
+            0
+        }
+        Ok(reply) => {
+            eprintln!("error: {}", reply.error.unwrap_or_default());
+            EXIT_FAILED
+        }
+        Err(e) => unreachable(&e, &args.connect),
+    }
+}
+
+pub async fn list(args: &ListArgs) -> u8 {
+    let client = match args.connect.client().await {
+        Ok(client) => client,
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+    let list = match client.list().await {
+        Ok(list) => list,
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_value(&list.tasks).unwrap_or(Value::Null)
+        );
+        return 0;
+    }
+    let rows: Vec<[String; 4]> = list
+        .tasks
+        .into_iter()
+        .map(|t| [t.name, t.runs, t.mode, t.description.unwrap_or_default()])
+        .collect();
+    print_table(&["NAME", "RUNS", "MODE", "DESCRIPTION"], &rows);
+    0
+}

@@ -1,0 +1,129 @@
+//! `fastworker control-plane`.
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::commands::{EXIT_UNUSABLE, load, report_manifest_error};
+use super::parse_duration;
+use crate::control_plane::{self, Config};
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// This control plane's name, as announced for discovery
+    #[arg(long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane")]
+    pub worker_id: String,
+    /// Base address: submits on ports +0..+3 (critical, high, normal, low), queries on +4
+    #[arg(
+        long,
+        env = "FASTWORKER_BASE_ADDRESS",
+        default_value = "tcp://127.0.0.1:5555"
+    )]
+    pub base_address: String,
+    /// Where to announce this control plane (NNG bus, every 2 s)
+    #[arg(
+        long,
+        env = "FASTWORKER_DISCOVERY_ADDRESS",
+        default_value = "tcp://127.0.0.1:5550"
+    )]
+    pub discovery_address: String,
+    /// Subworker management port [default: base port + 5, i.e. 5560]
+    #[arg(long, env = "FASTWORKER_SUBWORKER_PORT")]
+    pub subworker_port: Option<u16>,
+    /// Finished results kept (least recently used dropped first)
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN))]
+    pub result_cache_size: NonZeroUsize,
+    /// How long finished results are kept, in seconds
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_TTL", default_value_t = 3600)]
+    pub result_cache_ttl: u64,
+    /// Tasks run at once [default: number of cores]
+    #[arg(long, env = "FASTWORKER_WORKER_CONCURRENCY")]
+    pub concurrency: Option<NonZeroUsize>,
+    /// Tasks that may wait (queued, scheduled, retrying) before submits are refused
+    #[arg(long, env = "FASTWORKER_MAX_QUEUE", default_value_t = 100_000)]
+    pub max_queue: usize,
+    /// After SIGINT/SIGTERM, how long running tasks may take before they are cancelled
+    #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Web GUI host (the GUI arrives in a later release; accepted now)
+    #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
+    pub gui_host: String,
+    /// Web GUI port (the GUI arrives in a later release; accepted now)
+    #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
+    pub gui_port: u16,
+    /// Do not serve the web GUI
+    #[arg(long, env = "FASTWORKER_NO_GUI")]
+    pub no_gui: bool,
+}
+
+pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u8 {
+    let manifest = match load(manifest) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            report_manifest_error(&e);
+            return EXIT_UNUSABLE;
+        }
+    };
+    let mut config = Config::new(&args.base_address, &args.discovery_address);
+    config.worker_id = args.worker_id;
+    config.subworker_port = args.subworker_port;
+    config.result_cache_size = args.result_cache_size;
+    config.result_cache_ttl = Duration::from_secs(args.result_cache_ttl);
+    if let Some(n) = args.concurrency {
+        config.concurrency = n.get();
+    }
+    config.max_queue = args.max_queue;
+    config.shutdown_grace = args.shutdown_grace;
+    if !args.no_gui {
+        tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
+    }
+
+    let shutdown = CancellationToken::new();
+    let running =
+        match control_plane::start(config.clone(), Arc::clone(&manifest), shutdown.clone()).await {
+            Ok(running) => running,
+            Err(e) => {
+                eprintln!("error: cannot start the control plane: {e}");
+                return EXIT_UNUSABLE;
+            }
+        };
+    eprintln!(
+        "fastworker control plane '{}' ready: submits on {} … {}, queries on {}, announced on {}; {} tasks from {}, concurrency {}",
+        config.worker_id,
+        running
+            .endpoints
+            .submit(crate::manifest::Priority::Critical),
+        running.endpoints.submit(crate::manifest::Priority::Low),
+        running.endpoints.query,
+        config.discovery_address,
+        manifest.tasks.len(),
+        manifest.path.display(),
+        config.concurrency,
+    );
+    tokio::spawn(stop_on_signal(shutdown));
+    running.wait().await;
+    eprintln!("fastworker control plane stopped");
+    0
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    eprintln!("fastworker control plane: {name}: no new tasks; finishing running ones");
+    shutdown.cancel();
+}

@@ -1,0 +1,110 @@
+//! A client of the control plane: what the CLI's `submit`, `status`,
+//! `cancel` and `list --remote` use. One request per call, each on its own
+//! connection and NNG context.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::manifest::Priority;
+use crate::protocol::{
+    self, Ack, CancelReply, Endpoints, ErrorReply, Query, ReplyMode, StatusReply, TaskList,
+    TaskResult, WireTask,
+};
+use crate::transport::{self, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Address(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("the control plane answered: {0}")]
+    Refused(String),
+    #[error("cannot understand the control plane's reply: {0}")]
+    BadReply(String),
+}
+
+/// Where a control plane is.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoints: Endpoints,
+    /// How long a query may take (connecting included).
+    pub timeout: Duration,
+}
+
+impl Client {
+    /// A client of the control plane whose base address is `base`.
+    pub fn new(base: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let endpoints = Endpoints::from_base(base, None).map_err(ClientError::Address)?;
+        Ok(Client { endpoints, timeout })
+    }
+
+    /// Finds a control plane through its announcements on `discovery`.
+    pub async fn discover(discovery: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let (worker_id, base) = transport::discover(discovery, timeout).await?;
+        tracing::debug!(%worker_id, %base, "discovered a control plane");
+        Client::new(&base, timeout)
+    }
+
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// Submits a task and waits up to `wait` for its result. The socket is
+    /// the one of `priority` when given, else NORMAL's (the control plane
+    /// then uses the task's priority from its manifest).
+    pub async fn submit(
+        &self,
+        mut task: WireTask,
+        priority: Option<Priority>,
+        wait: Duration,
+    ) -> Result<TaskResult, ClientError> {
+        task.priority = priority;
+        task.reply = ReplyMode::Result;
+        let url = self.endpoints.submit(priority.unwrap_or(Priority::Normal));
+        self.ask(url, &task, wait).await
+    }
+
+    /// Submits a task and returns as soon as it is accepted.
+    pub async fn submit_ack(
+        &self,
+        mut task: WireTask,
+        priority: Option<Priority>,
+    ) -> Result<Ack, ClientError> {
+        task.priority = priority;
+        task.reply = ReplyMode::Ack;
+        let url = self.endpoints.submit(priority.unwrap_or(Priority::Normal));
+        self.ask(url, &task, self.timeout).await
+    }
+
+    pub async fn status(&self, task_id: &str) -> Result<StatusReply, ClientError> {
+        let query = serde_json::json!({"action": "status", "task_id": task_id});
+        self.ask(&self.endpoints.query, &query, self.timeout).await
+    }
+
+    pub async fn cancel(&self, task_id: &str) -> Result<CancelReply, ClientError> {
+        let query = serde_json::json!({"action": "cancel", "task_id": task_id});
+        self.ask(&self.endpoints.query, &query, self.timeout).await
+    }
+
+    pub async fn list(&self) -> Result<TaskList, ClientError> {
+        let query = serde_json::json!({"action": "list_tasks"});
+        debug_assert!(Query::decode(&protocol::encode(&query)).is_ok());
+        self.ask(&self.endpoints.query, &query, self.timeout).await
+    }
+
+    async fn ask<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        url: &str,
+        message: &Q,
+        timeout: Duration,
+    ) -> Result<R, ClientError> {
+        let reply = transport::request(url, &protocol::encode(message), timeout).await?;
+        protocol::decode::<R>(&reply).map_err(|e| match protocol::decode::<ErrorReply>(&reply) {
+            Ok(ErrorReply { error }) => ClientError::Refused(error),
+            Err(_) => ClientError::BadReply(e),
+        })
+    }
+}

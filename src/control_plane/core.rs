@@ -1,0 +1,542 @@
+//! The control plane's core: one task that owns every task's state, the
+//! queue, the timers and the result cache, and is driven by [`Command`]s over
+//! a channel. Socket handlers never touch state; running tasks report back
+//! through the same channel. So there is no lock, and every state change
+//! happens in one place, in order.
+//!
+//! Life of a task: `queued` → `running` → `success` | `failure` | `cancelled`,
+//! with `scheduled` (waiting for its eta) before `queued`, and `retrying`
+//! (waiting out its backoff) between a failed attempt and the next `queued`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::queue::{DispatchQueue, Waiting};
+use super::results::ResultCache;
+use crate::executor::{Executor, Outcome, TaskRequest, retry};
+use crate::manifest::{Manifest, Priority, TaskSpec};
+use crate::protocol::{CancelReply, Status, TaskRecord};
+
+/// How often expired results are swept from the cache.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// A task a client wants run.
+#[derive(Debug)]
+pub struct NewTask {
+    pub task_id: String,
+    pub name: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+    /// As the message named it; otherwise the task's priority from the manifest.
+    pub priority: Option<Priority>,
+    pub eta: Option<DateTime<Utc>>,
+    pub callback: Option<Value>,
+    /// Gets the final record (blocking submits).
+    pub waiter: Option<oneshot::Sender<TaskRecord>>,
+}
+
+/// What the core is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Accept all the tasks or none (a batch is all or nothing); a task id
+    /// that is already known is not run again, its waiter just joins.
+    Submit {
+        tasks: Vec<NewTask>,
+        respond: oneshot::Sender<Result<(), String>>,
+    },
+    Get {
+        task_id: String,
+        respond: oneshot::Sender<Option<TaskRecord>>,
+    },
+    Cancel {
+        task_id: String,
+        respond: oneshot::Sender<CancelReply>,
+    },
+    Stats {
+        respond: oneshot::Sender<Stats>,
+    },
+    /// An attempt ended (sent by the task that ran it).
+    Finished {
+        task_id: String,
+        execution: Box<crate::executor::Execution>,
+    },
+}
+
+/// Counts for logs and, later, the GUI.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub queued: [usize; 4],
+    pub waiting_on_timer: usize,
+    pub running: usize,
+    pub cached_results: usize,
+}
+
+/// The core's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub concurrency: usize,
+    pub max_queue: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// A task that has not finished.
+#[derive(Debug)]
+struct Active {
+    record: TaskRecord,
+    spec: Arc<TaskSpec>,
+    waiters: Vec<oneshot::Sender<TaskRecord>>,
+    /// Set while an attempt runs.
+    running: Option<CancellationToken>,
+    cancel_requested: bool,
+    /// Its entry in the timer set while scheduled or retrying.
+    timer: Option<(Instant, u64)>,
+}
+
+pub struct Core {
+    manifest: Arc<Manifest>,
+    executor: Arc<Executor>,
+    settings: Settings,
+    active: HashMap<String, Active>,
+    queue: DispatchQueue,
+    timers: BTreeSet<(Instant, u64, String)>,
+    results: ResultCache,
+    running: usize,
+    running_by_type: HashMap<String, u32>,
+    /// For running tasks to report back.
+    tx: mpsc::Sender<Command>,
+    draining: bool,
+    seq: u64,
+}
+
+impl Core {
+    pub fn new(
+        manifest: Arc<Manifest>,
+        executor: Arc<Executor>,
+        settings: Settings,
+        results: ResultCache,
+        tx: mpsc::Sender<Command>,
+    ) -> Core {
+        Core {
+            manifest,
+            executor,
+            settings,
+            active: HashMap::new(),
+            queue: DispatchQueue::default(),
+            timers: BTreeSet::new(),
+            results,
+            running: 0,
+            running_by_type: HashMap::new(),
+            tx,
+            draining: false,
+            seq: 0,
+        }
+    }
+
+    /// Runs until `shutdown`, then drains: new submits are refused, waiting
+    /// tasks end as failures, running ones get `shutdown_grace` to finish and
+    /// are then cancelled. Returns once nothing runs.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let mut sweep = tokio::time::interval_at(Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
+        let mut kill_at: Option<Instant> = None;
+        loop {
+            let next_timer = self.timers.first().map(|(at, _, _)| *at);
+            tokio::select! {
+                Some(command) = rx.recv() => self.handle(command),
+                () = sleep_until(next_timer.unwrap_or(far)), if next_timer.is_some() => self.fire_timers(),
+                _ = sweep.tick() => {
+                    let swept = self.results.sweep();
+                    tracing::debug!(swept, kept = self.results.len(), "result cache swept");
+                }
+                () = shutdown.cancelled(), if !self.draining => {
+                    kill_at = Some(Instant::now() + self.settings.shutdown_grace);
+                    self.drain();
+                }
+                () = sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+                    kill_at = None;
+                    tracing::warn!(running = self.running, "shutdown grace period over; cancelling running tasks");
+                    for task in self.active.values() {
+                        if let Some(token) = &task.running {
+                            token.cancel();
+                        }
+                    }
+                }
+            }
+            if self.draining {
+                if self.running == 0 {
+                    break;
+                }
+            } else {
+                self.dispatch();
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit { tasks, respond } => {
+                let _ = respond.send(self.submit(tasks));
+            }
+            Command::Get { task_id, respond } => {
+                let _ = respond.send(self.get(&task_id));
+            }
+            Command::Cancel { task_id, respond } => {
+                let _ = respond.send(self.cancel(&task_id));
+            }
+            Command::Stats { respond } => {
+                let _ = respond.send(Stats {
+                    queued: self.queue.lengths(),
+                    waiting_on_timer: self.timers.len(),
+                    running: self.running,
+                    cached_results: self.results.len(),
+                });
+            }
+            Command::Finished { task_id, execution } => self.finished(&task_id, *execution),
+        }
+    }
+
+    /// Tasks waiting for a slot or a timer: what `--max-queue` bounds.
+    fn waiting(&self) -> usize {
+        self.queue.len() + self.timers.len()
+    }
+
+    fn submit(&mut self, tasks: Vec<NewTask>) -> Result<(), String> {
+        if self.draining {
+            return Err("the control plane is shutting down".to_owned());
+        }
+        // Check everything first: a batch is accepted whole or not at all.
+        let mut fresh = 0;
+        for task in &tasks {
+            if self.manifest.task(&task.name).is_none() {
+                return Err(self.manifest.unknown_task(&task.name));
+            }
+            if task.task_id.is_empty() {
+                return Err(format!("task '{}' has an empty id", task.name));
+            }
+            if !self.is_known(&task.task_id) {
+                fresh += 1;
+            }
+        }
+        if self.waiting() + fresh > self.settings.max_queue {
+            return Err(format!(
+                "queue full: {} tasks waiting, the limit is {} (--max-queue)",
+                self.waiting(),
+                self.settings.max_queue
+            ));
+        }
+        for task in tasks {
+            self.accept(task);
+        }
+        Ok(())
+    }
+
+    fn is_known(&mut self, task_id: &str) -> bool {
+        self.active.contains_key(task_id) || self.results.get(task_id).is_some()
+    }
+
+    fn accept(&mut self, task: NewTask) {
+        // A resend of a known id is never run twice: its waiter joins the run.
+        if let Some(active) = self.active.get_mut(&task.task_id) {
+            tracing::debug!(task_id = %task.task_id, "duplicate submit joins the running task");
+            active.waiters.extend(task.waiter);
+            return;
+        }
+        if let Some(done) = self.results.get(&task.task_id) {
+            tracing::debug!(task_id = %task.task_id, "duplicate submit of a finished task");
+            if let Some(waiter) = task.waiter {
+                let _ = waiter.send(done.clone());
+            }
+            return;
+        }
+        let Some(spec) = self.manifest.task(&task.name).map(Arc::clone) else {
+            return; // checked in submit()
+        };
+        let priority = task.priority.unwrap_or(spec.priority);
+        let now = Utc::now();
+        let future_eta = task.eta.filter(|eta| *eta > now);
+        let record = TaskRecord {
+            task_id: task.task_id.clone(),
+            name: task.name.clone(),
+            status: if future_eta.is_some() {
+                Status::Scheduled
+            } else {
+                Status::Queued
+            },
+            priority,
+            args: task.args,
+            kwargs: task.kwargs,
+            submitted_at: now,
+            eta: task.eta,
+            started_at: None,
+            finished_at: None,
+            result: Value::Null,
+            error: None,
+            attempts: Vec::new(),
+            callback: task.callback,
+        };
+        let mut active = Active {
+            record,
+            spec,
+            waiters: task.waiter.into_iter().collect(),
+            running: None,
+            cancel_requested: false,
+            timer: None,
+        };
+        match future_eta {
+            Some(eta) => {
+                let wait = (eta - now).to_std().unwrap_or_default();
+                active.timer = Some(self.add_timer(Instant::now() + wait, &task.task_id));
+            }
+            None => self.queue.push(
+                priority,
+                Waiting {
+                    task_id: task.task_id.clone(),
+                    name: task.name.clone(),
+                },
+            ),
+        }
+        tracing::debug!(task_id = %task.task_id, name = %task.name, %priority, status = active.record.status.as_str(), "task accepted");
+        self.active.insert(task.task_id, active);
+    }
+
+    fn add_timer(&mut self, at: Instant, task_id: &str) -> (Instant, u64) {
+        self.seq += 1;
+        self.timers.insert((at, self.seq, task_id.to_owned()));
+        (at, self.seq)
+    }
+
+    /// Moves every task whose timer is due into the queue.
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((at, _, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, _, task_id)) = self.timers.pop_first() else {
+                break;
+            };
+            if let Some(active) = self.active.get_mut(&task_id) {
+                active.timer = None;
+                active.record.status = Status::Queued;
+                self.queue.push(
+                    active.record.priority,
+                    Waiting {
+                        task_id: task_id.clone(),
+                        name: active.record.name.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Starts tasks while there are free slots (see [`DispatchQueue::pop_next`]
+    /// for the order).
+    fn dispatch(&mut self) {
+        while self.running < self.settings.concurrency {
+            let next = {
+                let (manifest, by_type) = (&self.manifest, &self.running_by_type);
+                self.queue.pop_next(|name| {
+                    let limit = manifest.task(name).and_then(|spec| spec.max_concurrency);
+                    let running = by_type.get(name).copied().unwrap_or(0);
+                    limit.is_none_or(|limit| running < limit)
+                })
+            };
+            let Some((_, waiting)) = next else { break };
+            self.start(&waiting.task_id);
+        }
+    }
+
+    fn start(&mut self, task_id: &str) {
+        let Some(active) = self.active.get_mut(task_id) else {
+            return;
+        };
+        let token = CancellationToken::new();
+        active.running = Some(token.clone());
+        active.record.status = Status::Running;
+        active.record.started_at.get_or_insert_with(Utc::now);
+        let request = TaskRequest {
+            task_id: task_id.to_owned(),
+            name: active.record.name.clone(),
+            args: active.record.args.clone(),
+            kwargs: active.record.kwargs.clone(),
+            attempt: u32::try_from(active.record.attempts.len()).unwrap_or(u32::MAX) + 1,
+        };
+        let spec = Arc::clone(&active.spec);
+        self.running += 1;
+        *self.running_by_type.entry(spec.name.clone()).or_default() += 1;
+        let (executor, tx) = (Arc::clone(&self.executor), self.tx.clone());
+        tokio::spawn(async move {
+            let execution = executor.run(&spec, &request, &token).await;
+            let _ = tx
+                .send(Command::Finished {
+                    task_id: request.task_id,
+                    execution: Box::new(execution),
+                })
+                .await;
+        });
+    }
+
+    fn finished(&mut self, task_id: &str, execution: crate::executor::Execution) {
+        self.running = self.running.saturating_sub(1);
+        if let Some(n) = self.running_by_type.get_mut(&execution.name) {
+            *n = n.saturating_sub(1);
+        }
+        let draining = self.draining;
+        let Some(active) = self.active.get_mut(task_id) else {
+            return;
+        };
+        active.running = None;
+        active
+            .record
+            .attempts
+            .push(serde_json::to_value(&execution).unwrap_or(Value::Null));
+        let cancel_requested = active.cancel_requested;
+        let retry = !draining && !cancel_requested && retry::should_retry(&active.spec, &execution);
+        let backoff = active.spec.retry_backoff;
+        match execution.outcome {
+            Outcome::Success { result } => self.finish(task_id, Status::Success, result, None),
+            Outcome::Cancelled => {
+                self.finish(
+                    task_id,
+                    Status::Cancelled,
+                    Value::Null,
+                    Some("cancelled".to_owned()),
+                );
+            }
+            outcome if retry => {
+                let wait = retry::delay(backoff, execution.attempt);
+                tracing::info!(%task_id, attempt = execution.attempt, error = %outcome, "attempt failed; retrying in {}", humantime::format_duration(wait));
+                let timer = self.add_timer(Instant::now() + wait, task_id);
+                if let Some(active) = self.active.get_mut(task_id) {
+                    active.record.status = Status::Retrying;
+                    active.record.error = Some(outcome.to_string());
+                    active.timer = Some(timer);
+                }
+            }
+            outcome if cancel_requested => {
+                let error = format!("cancelled; the attempt ended with: {outcome}");
+                self.finish(task_id, Status::Cancelled, Value::Null, Some(error));
+            }
+            outcome => {
+                self.finish(
+                    task_id,
+                    Status::Failure,
+                    Value::Null,
+                    Some(outcome.to_string()),
+                );
+            }
+        }
+    }
+
+    /// Ends a task: its record goes to the cache and to every waiter.
+    fn finish(&mut self, task_id: &str, status: Status, result: Value, error: Option<String>) {
+        let Some(mut active) = self.active.remove(task_id) else {
+            return;
+        };
+        if let Some((at, seq)) = active.timer.take() {
+            self.timers.remove(&(at, seq, task_id.to_owned()));
+        }
+        let record = &mut active.record;
+        record.status = status;
+        record.result = result;
+        record.error = error;
+        record.finished_at = Some(Utc::now());
+        tracing::debug!(%task_id, status = status.as_str(), "task finished");
+        for waiter in active.waiters.drain(..) {
+            let _ = waiter.send(active.record.clone());
+        }
+        self.results.insert(active.record);
+    }
+
+    fn get(&mut self, task_id: &str) -> Option<TaskRecord> {
+        match self.active.get(task_id) {
+            Some(active) => Some(active.record.clone()),
+            None => self.results.get(task_id).cloned(),
+        }
+    }
+
+    fn cancel(&mut self, task_id: &str) -> CancelReply {
+        let reply = |cancelled: bool, status: Status, error: Option<String>| CancelReply {
+            cancelled,
+            task_id: task_id.to_owned(),
+            status: Some(status),
+            error,
+        };
+        if let Some(active) = self.active.get_mut(task_id) {
+            if let Some(token) = &active.running {
+                // Its process group is stopped; the attempt then ends cancelled.
+                active.cancel_requested = true;
+                token.cancel();
+                return reply(true, Status::Running, None);
+            }
+            self.queue.remove(task_id);
+            self.finish(
+                task_id,
+                Status::Cancelled,
+                Value::Null,
+                Some("cancelled".to_owned()),
+            );
+            return reply(true, Status::Cancelled, None);
+        }
+        match self.results.get(task_id) {
+            // Cancelling a cancelled task again is not an error.
+            Some(done) if done.status == Status::Cancelled => reply(true, Status::Cancelled, None),
+            Some(done) => reply(
+                false,
+                done.status,
+                Some(format!(
+                    "task {task_id} already finished ({})",
+                    done.status.as_str()
+                )),
+            ),
+            None => CancelReply {
+                cancelled: false,
+                task_id: task_id.to_owned(),
+                status: None,
+                error: Some(format!("task {task_id} not found")),
+            },
+        }
+    }
+
+    /// Stops accepting, and ends every task that is not running.
+    fn drain(&mut self) {
+        self.draining = true;
+        let waiting: Vec<String> = self
+            .queue
+            .drain()
+            .into_iter()
+            .map(|w| w.task_id)
+            .chain(self.timers.iter().map(|(_, _, id)| id.clone()))
+            .collect();
+        tracing::info!(
+            running = self.running,
+            waiting = waiting.len(),
+            "shutting down: no new tasks; waiting tasks end, running ones may finish"
+        );
+        for task_id in waiting {
+            self.finish(
+                &task_id,
+                Status::Failure,
+                Value::Null,
+                Some("the control plane shut down before the task ran".to_owned()),
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("active", &self.active.len())
+            .field("queued", &self.queue.len())
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,214 @@
+//! From wire messages to core commands and back: what each socket answers.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::core::{Command, NewTask};
+use crate::manifest::Manifest;
+use crate::protocol::{
+    self, Ack, BatchReply, CancelReply, ErrorReply, Query, ReplyMode, ResultReply, Status,
+    StatusReply, Submit, TaskInfo, TaskList, TaskResult, WireTask,
+};
+
+const SHUT_DOWN: &str = "the control plane is shutting down";
+
+/// A handle on the core, for the socket handlers.
+#[derive(Debug, Clone)]
+pub struct CoreHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl CoreHandle {
+    pub fn new(tx: mpsc::Sender<Command>) -> Self {
+        CoreHandle { tx }
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (respond, answer) = oneshot::channel();
+        self.tx.send(command(respond)).await.ok()?;
+        answer.await.ok()
+    }
+
+    pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<(), String> {
+        self.ask(|respond| Command::Submit { tasks, respond })
+            .await
+            .unwrap_or_else(|| Err(SHUT_DOWN.to_owned()))
+    }
+
+    pub async fn get(&self, task_id: String) -> Option<protocol::TaskRecord> {
+        self.ask(|respond| Command::Get { task_id, respond })
+            .await
+            .flatten()
+    }
+
+    pub async fn cancel(&self, task_id: String) -> CancelReply {
+        let id = task_id.clone();
+        self.ask(|respond| Command::Cancel { task_id, respond })
+            .await
+            .unwrap_or_else(|| CancelReply {
+                cancelled: false,
+                task_id: id,
+                status: None,
+                error: Some(SHUT_DOWN.to_owned()),
+            })
+    }
+
+    pub async fn stats(&self) -> Option<super::core::Stats> {
+        self.ask(|respond| Command::Stats { respond }).await
+    }
+}
+
+/// A submit socket: a task (answered when it finishes, or at once in ack
+/// mode) or a batch (answered once all are accepted or all refused).
+///
+/// A task's priority is its message's `priority` field (FastWorker's client
+/// always sends one, matching the socket it uses), else the task's priority
+/// in the manifest; the socket a message arrives on does not override it.
+pub async fn submit(core: &CoreHandle, bytes: Vec<u8>) -> Vec<u8> {
+    match Submit::decode(&bytes) {
+        Err(error) => protocol::encode(&ErrorReply { error }),
+        Ok(Submit::Task(task)) => submit_one(core, *task).await,
+        Ok(Submit::Batch(tasks)) => {
+            let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+            let new: Result<Vec<NewTask>, String> =
+                tasks.into_iter().map(|t| new_task(t, None)).collect();
+            let accepted = match new {
+                Ok(new) => core.submit(new).await,
+                Err(e) => Err(e),
+            };
+            protocol::encode(&match accepted {
+                Ok(()) => BatchReply {
+                    batch_accepted: true,
+                    task_ids: ids,
+                    error: None,
+                },
+                Err(error) => BatchReply {
+                    batch_accepted: false,
+                    task_ids: Vec::new(),
+                    error: Some(error),
+                },
+            })
+        }
+    }
+}
+
+async fn submit_one(core: &CoreHandle, task: WireTask) -> Vec<u8> {
+    let (task_id, mode) = (task.id.clone(), task.reply);
+    let (waiter, done) = match mode {
+        ReplyMode::Result => {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        ReplyMode::Ack => (None, None),
+    };
+    let accepted = match new_task(task, waiter) {
+        Ok(new) => core.submit(vec![new]).await,
+        Err(e) => Err(e),
+    };
+    match (accepted, done) {
+        (Err(error), _) => match mode {
+            ReplyMode::Result => protocol::encode(&refused(&task_id, error)),
+            ReplyMode::Ack => protocol::encode(&Ack {
+                task_id,
+                accepted: false,
+                status: None,
+                error: Some(error),
+            }),
+        },
+        (Ok(()), None) => {
+            let status = core.get(task_id.clone()).await.map(|r| r.status);
+            protocol::encode(&Ack {
+                task_id,
+                accepted: true,
+                status,
+                error: None,
+            })
+        }
+        (Ok(()), Some(done)) => match done.await {
+            Ok(record) => protocol::encode(&record.task_result()),
+            Err(_) => protocol::encode(&refused(&task_id, SHUT_DOWN.to_owned())),
+        },
+    }
+}
+
+/// A FastWorker `TaskResult` saying the task was not taken.
+fn refused(task_id: &str, error: String) -> TaskResult {
+    TaskResult {
+        task_id: task_id.to_owned(),
+        status: Status::Failure,
+        result: serde_json::Value::Null,
+        error: Some(error),
+        started_at: None,
+        completed_at: None,
+        callback: None,
+        refused: true,
+    }
+}
+
+fn new_task(
+    task: WireTask,
+    waiter: Option<oneshot::Sender<protocol::TaskRecord>>,
+) -> Result<NewTask, String> {
+    let eta = task
+        .eta
+        .as_deref()
+        .map(protocol::parse_time)
+        .transpose()
+        .map_err(|e| format!("task {}: bad eta: {e}", task.id))?;
+    Ok(NewTask {
+        task_id: task.id,
+        name: task.name,
+        args: task.args,
+        kwargs: task.kwargs,
+        priority: task.priority,
+        eta,
+        callback: task.callback,
+        waiter,
+    })
+}
+
+/// The query socket: results, status, cancel, the task list.
+pub async fn query(core: &CoreHandle, manifest: &Arc<Manifest>, bytes: Vec<u8>) -> Vec<u8> {
+    match Query::decode(&bytes) {
+        Err(error) => protocol::encode(&ErrorReply { error }),
+        Ok(Query::Result { task_id }) => protocol::encode(&match core.get(task_id.clone()).await {
+            Some(record) => ResultReply {
+                found: true,
+                result: Some(record.task_result()),
+                error: None,
+            },
+            None => ResultReply {
+                found: false,
+                result: None,
+                error: Some(format!("task {task_id} not found (unknown, or expired)")),
+            },
+        }),
+        Ok(Query::Status { task_id }) => protocol::encode(&match core.get(task_id.clone()).await {
+            Some(record) => StatusReply {
+                found: true,
+                task: Some(record),
+                error: None,
+            },
+            None => StatusReply {
+                found: false,
+                task: None,
+                error: Some(format!("task {task_id} not found (unknown, or expired)")),
+            },
+        }),
+        Ok(Query::Cancel { task_id }) => protocol::encode(&core.cancel(task_id).await),
+        Ok(Query::ListTasks) => protocol::encode(&TaskList {
+            tasks: manifest
+                .tasks
+                .values()
+                .map(|t| TaskInfo {
+                    name: t.name.clone(),
+                    runs: t.how.to_string(),
+                    mode: t.mode.to_string(),
+                    priority: t.priority,
+                    description: t.description.clone(),
+                })
+                .collect(),
+        }),
+    }
+}

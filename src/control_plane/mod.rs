@@ -1,0 +1,183 @@
+//! The control plane: takes tasks over NNG, runs them through the executor
+//! in priority order, keeps their results, and announces itself.
+//!
+//! [`start`] binds every socket (so a busy port is an error at once), then
+//! runs four submit servers (one per priority), the query server, the
+//! discovery announcer and the [`core`] actor. On `shutdown` the core drains
+//! (see [`core::Core::run`]); once it is done the servers close and warm
+//! pools are stopped.
+
+mod core;
+mod handlers;
+mod queue;
+mod results;
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use self::core::Stats;
+pub use self::handlers::CoreHandle;
+pub use self::queue::{DispatchQueue, Waiting};
+use self::results::ResultCache;
+use crate::executor::Executor;
+use crate::manifest::{Manifest, Priority};
+use crate::protocol::Endpoints;
+use crate::transport::{self, ReplyServer, TransportError};
+
+/// How often the control plane announces itself (FastWorker's interval).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+/// A control plane's settings (the `control-plane` command's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub worker_id: String,
+    pub base_address: String,
+    pub discovery_address: String,
+    pub subworker_port: Option<u16>,
+    pub result_cache_size: NonZeroUsize,
+    pub result_cache_ttl: Duration,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Tasks that may wait (queued, scheduled or retrying) before submits are refused.
+    pub max_queue: usize,
+    /// How long running tasks may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Requests each socket serves at once; a blocking submit holds one until
+    /// its task ends.
+    pub contexts_per_socket: usize,
+}
+
+impl Config {
+    /// The defaults of the `control-plane` command.
+    pub fn new(base_address: &str, discovery_address: &str) -> Config {
+        Config {
+            worker_id: "control-plane".to_owned(),
+            base_address: base_address.to_owned(),
+            discovery_address: discovery_address.to_owned(),
+            subworker_port: None,
+            result_cache_size: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            result_cache_ttl: Duration::from_secs(3600),
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_queue: 100_000,
+            shutdown_grace: Duration::from_secs(30),
+            contexts_per_socket: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("bad base address: {0}")]
+    Address(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub endpoints: Endpoints,
+    pub core: CoreHandle,
+    tasks: JoinSet<()>,
+}
+
+impl ControlPlane {
+    /// Waits until the control plane has shut down (after `shutdown` fired).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Binds every socket and starts serving. Returns once all sockets listen.
+pub async fn start(
+    config: Config,
+    manifest: Arc<Manifest>,
+    shutdown: CancellationToken,
+) -> Result<ControlPlane, ControlPlaneError> {
+    let endpoints = Endpoints::from_base(&config.base_address, config.subworker_port)
+        .map_err(ControlPlaneError::Address)?;
+    let mut submit_servers = Vec::new();
+    for priority in Priority::ALL {
+        submit_servers.push(ReplyServer::listen(endpoints.submit(priority)).await?);
+    }
+    let query_server = ReplyServer::listen(&endpoints.query).await?;
+    // Servers stop after the core has drained, so that blocking submits get
+    // their answers.
+    let servers_stop = CancellationToken::new();
+    let announcer = transport::announce(
+        &config.discovery_address,
+        transport::announcement(&config.worker_id, &config.base_address),
+        ANNOUNCE_EVERY,
+        servers_stop.clone(),
+    )
+    .await?;
+
+    let executor = Arc::new(Executor::new());
+    let (tx, rx) = mpsc::channel(4096);
+    let core = self::core::Core::new(
+        Arc::clone(&manifest),
+        Arc::clone(&executor),
+        self::core::Settings {
+            concurrency: config.concurrency.max(1),
+            max_queue: config.max_queue,
+            shutdown_grace: config.shutdown_grace,
+        },
+        ResultCache::new(config.result_cache_size, config.result_cache_ttl),
+        tx.clone(),
+    );
+    let handle = CoreHandle::new(tx);
+    let mut tasks = JoinSet::new();
+
+    let core_stop = shutdown.clone();
+    let stop_servers = servers_stop.clone();
+    tasks.spawn(async move {
+        core.run(rx, core_stop).await;
+        stop_servers.cancel();
+        executor.shutdown().await;
+        tracing::info!("control plane stopped");
+    });
+    tasks.spawn(announcer);
+    for server in submit_servers {
+        let (core, stop) = (handle.clone(), servers_stop.clone());
+        let contexts = config.contexts_per_socket;
+        tasks.spawn(async move {
+            let core = &core;
+            server
+                .serve(contexts, move |bytes| handlers::submit(core, bytes), stop)
+                .await;
+        });
+    }
+    {
+        let (core, stop, manifest) = (handle.clone(), servers_stop.clone(), Arc::clone(&manifest));
+        let contexts = config.contexts_per_socket;
+        tasks.spawn(async move {
+            let (core, manifest) = (&core, &manifest);
+            query_server
+                .serve(
+                    contexts,
+                    move |bytes| handlers::query(core, manifest, bytes),
+                    stop,
+                )
+                .await;
+        });
+    }
+    tracing::info!(
+        worker_id = %config.worker_id,
+        submit = %format!("{} … {}", endpoints.submit(Priority::Critical), endpoints.submit(Priority::Low)),
+        query = %endpoints.query,
+        discovery = %config.discovery_address,
+        concurrency = config.concurrency,
+        tasks = manifest.tasks.len(),
+        "control plane ready"
+    );
+    Ok(ControlPlane {
+        endpoints,
+        core: handle,
+        tasks,
+    })
+}

@@ -1,0 +1,124 @@
+//! Finished tasks' records: an LRU cache (the `lru` crate) with a TTL.
+//!
+//! A record expires `ttl` after it was stored. Expired records are dropped
+//! when read and by [`ResultCache::sweep`], which the control plane runs
+//! every minute. When the cache is full, the least recently stored or read
+//! record goes first.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use lru::LruCache;
+use tokio::time::Instant;
+
+use crate::protocol::TaskRecord;
+
+#[derive(Debug)]
+pub struct ResultCache {
+    records: LruCache<String, (TaskRecord, Instant)>,
+    ttl: Duration,
+}
+
+impl ResultCache {
+    pub fn new(capacity: NonZeroUsize, ttl: Duration) -> Self {
+        ResultCache {
+            records: LruCache::new(capacity),
+            ttl,
+        }
+    }
+
+    pub fn insert(&mut self, record: TaskRecord) {
+        let expires = Instant::now() + self.ttl;
+        self.records.put(record.task_id.clone(), (record, expires));
+    }
+
+    /// The record of `task_id`, unless it has expired (then it is dropped).
+    pub fn get(&mut self, task_id: &str) -> Option<&TaskRecord> {
+        let expired = self.records.peek(task_id)?.1 <= Instant::now();
+        if expired {
+            self.records.pop(task_id);
+            return None;
+        }
+        self.records.get(task_id).map(|(record, _)| record)
+    }
+
+    /// Drops every expired record; returns how many.
+    pub fn sweep(&mut self) -> usize {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(_, (_, expires))| *expires <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &expired {
+            self.records.pop(id);
+        }
+        expired.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Priority;
+    use crate::protocol::Status;
+
+    fn record(id: &str) -> TaskRecord {
+        TaskRecord {
+            task_id: id.into(),
+            name: "t".into(),
+            status: Status::Success,
+            priority: Priority::Normal,
+            args: vec![],
+            kwargs: Default::default(),
+            submitted_at: chrono::Utc::now(),
+            eta: None,
+            started_at: None,
+            finished_at: None,
+            result: serde_json::Value::Null,
+            error: None,
+            attempts: vec![],
+            callback: None,
+        }
+    }
+
+    fn cache(cap: usize, ttl: Duration) -> ResultCache {
+        ResultCache::new(NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN), ttl)
+    }
+
+    #[test]
+    fn least_recently_used_goes_first() {
+        let mut c = cache(2, Duration::from_secs(60));
+        c.insert(record("a"));
+        c.insert(record("b"));
+        assert!(c.get("a").is_some()); // a is now the most recent
+        c.insert(record("c"));
+        assert!(c.get("b").is_none());
+        assert!(c.get("a").is_some() && c.get("c").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_expire_after_the_ttl() {
+        let mut c = cache(10, Duration::from_secs(60));
+        c.insert(record("a"));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        c.insert(record("b"));
+        assert!(c.get("a").is_some());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(c.get("a").is_none(), "expired when read");
+        assert_eq!(c.len(), 1);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(c.sweep(), 1, "expired when swept");
+        assert!(c.is_empty());
+    }
+}

@@ -1,0 +1,483 @@
+//! The wire protocol: every message between clients and the control plane, as
+//! serde types, with one encode/decode pair and a size guard. No I/O here.
+//!
+//! The format is FastWorker 0.3.0's JSON, so its Python `Client` works
+//! unchanged: a submit is its `Task.model_dump()` (or `{"action":
+//! "batch_submit"}`), a blocking submit is answered with a `TaskResult`, and
+//! the query port takes `{"task_id"}` and `{"action": "cancel"}`. Unknown
+//! fields are ignored and missing optional ones defaulted. fastworker's own
+//! extensions are marked as such; docs/protocol.md shows every message.
+
+use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::manifest::Priority;
+
+/// The largest message accepted: results are capped at 16 MiB by default,
+/// and a batch may carry many tasks.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serializing these types cannot fail: keys are strings, values are JSON.
+    serde_json::to_vec(message)
+        .unwrap_or_else(|e| format!(r#"{{"error":"cannot encode reply: {e}"}}"#).into_bytes())
+}
+
+/// Decodes a message, refusing one over [`MAX_MESSAGE`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(format!(
+            "message of {} bytes is over the {MAX_MESSAGE}-byte limit",
+            bytes.len()
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("not a valid message: {e}"))
+}
+
+/// The sockets of a control plane, worked out from its base address the way
+/// FastWorker does: base+0..+3 take submits by priority (critical first),
+/// base+4 answers queries and cancels, base+5 (or `--subworker-port`)
+/// manages subworkers. `ipc://` and `inproc://` bases get `.0` … `.5` suffixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub base: String,
+    submit: [String; 4],
+    pub query: String,
+    pub subworker: String,
+}
+
+impl Endpoints {
+    pub fn from_base(base: &str, subworker_port: Option<u16>) -> Result<Endpoints, String> {
+        let at = |offset: u16| -> Result<String, String> {
+            if let Some(rest) = base.strip_prefix("tcp://") {
+                let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+                    format!("{base} has no port (write e.g. tcp://127.0.0.1:5555)")
+                })?;
+                let port: u16 = port
+                    .parse()
+                    .map_err(|_| format!("{base} has no valid port"))?;
+                let port = match (offset, subworker_port) {
+                    (5, Some(p)) => p,
+                    _ => port
+                        .checked_add(offset)
+                        .ok_or_else(|| format!("{base}: port {port} + {offset} is over 65535"))?,
+                };
+                Ok(format!("tcp://{host}:{port}"))
+            } else if base.starts_with("ipc://") || base.starts_with("inproc://") {
+                Ok(format!("{base}.{offset}"))
+            } else {
+                Err(format!(
+                    "{base} is not a tcp://, ipc:// or inproc:// address"
+                ))
+            }
+        };
+        Ok(Endpoints {
+            base: base.to_owned(),
+            submit: [at(0)?, at(1)?, at(2)?, at(3)?],
+            query: at(4)?,
+            subworker: at(5)?,
+        })
+    }
+
+    /// The submit socket of `priority`.
+    pub fn submit(&self, priority: Priority) -> &str {
+        &self.submit[priority as usize]
+    }
+}
+
+/// How a submit is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyMode {
+    /// With the [`TaskResult`] once the task has finished (FastWorker's way).
+    #[default]
+    Result,
+    /// fastworker extension: with an [`Ack`] as soon as the task is accepted.
+    Ack,
+}
+
+/// A task as FastWorker's `Task.model_dump()` sends it. Only the fields
+/// fastworker uses are read; the rest (`created_at`, `status`, …) are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireTask {
+    pub id: String,
+    pub name: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub args: Vec<Value>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub kwargs: Map<String, Value>,
+    /// Overrides the priority of the socket it arrived on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// When to run it: RFC 3339, or Python's `str(datetime)` (local time when naive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Value>,
+    /// fastworker extension.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub reply: ReplyMode,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// What arrives on a submit socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submit {
+    Task(Box<WireTask>),
+    Batch(Vec<WireTask>),
+}
+
+impl Submit {
+    pub fn decode(bytes: &[u8]) -> Result<Submit, String> {
+        let value: Value = decode(bytes)?;
+        match value.get("action").and_then(Value::as_str) {
+            None => serde_json::from_value(value)
+                .map(|task| Submit::Task(Box::new(task)))
+                .map_err(|e| format!("not a task: {e}")),
+            Some("batch_submit") => {
+                #[derive(Deserialize)]
+                struct Batch {
+                    tasks: Vec<WireTask>,
+                }
+                serde_json::from_value::<Batch>(value)
+                    .map(|b| Submit::Batch(b.tasks))
+                    .map_err(|e| format!("not a batch: {e}"))
+            }
+            Some(other) => Err(format!("unknown action '{other}' on a submit socket")),
+        }
+    }
+}
+
+/// What arrives on the query socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// FastWorker's `{"task_id"}`: answered with [`ResultReply`].
+    Result { task_id: String },
+    /// FastWorker's `{"action": "cancel", "task_id"}`: answered with [`CancelReply`].
+    Cancel { task_id: String },
+    /// fastworker extension `{"action": "status", "task_id"}`: [`StatusReply`].
+    Status { task_id: String },
+    /// fastworker extension `{"action": "list_tasks"}`: [`TaskList`].
+    ListTasks,
+}
+
+impl Query {
+    pub fn decode(bytes: &[u8]) -> Result<Query, String> {
+        #[derive(Deserialize)]
+        struct Raw {
+            action: Option<String>,
+            task_id: Option<String>,
+        }
+        let raw: Raw = decode(bytes)?;
+        let task_id = || {
+            raw.task_id
+                .clone()
+                .ok_or_else(|| "`task_id` is missing".to_owned())
+        };
+        match raw.action.as_deref() {
+            None => Ok(Query::Result {
+                task_id: task_id()?,
+            }),
+            Some("cancel") => Ok(Query::Cancel {
+                task_id: task_id()?,
+            }),
+            Some("status") => Ok(Query::Status {
+                task_id: task_id()?,
+            }),
+            Some("list_tasks") => Ok(Query::ListTasks),
+            Some(other) => Err(format!("unknown action '{other}'")),
+        }
+    }
+}
+
+/// A task's state, with FastWorker's `TaskStatus` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    /// Waiting for its `eta`.
+    Scheduled,
+    Running,
+    /// Waiting before its next attempt.
+    Retrying,
+    Success,
+    Failure,
+    Cancelled,
+}
+
+impl Status {
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Success | Status::Failure | Status::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Scheduled => "scheduled",
+            Status::Running => "running",
+            Status::Retrying => "retrying",
+            Status::Success => "success",
+            Status::Failure => "failure",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// FastWorker's `TaskResult`: the reply to a blocking submit and the payload
+/// of a result query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task_id: String,
+    pub status: Status,
+    #[serde(default)]
+    pub result: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub callback: Option<Value>,
+    /// fastworker extension: set when the task was not accepted at all
+    /// (unknown task, queue full, shutting down), as opposed to run and failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
+}
+
+/// fastworker extension: the reply to a submit in [`ReplyMode::Ack`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub task_id: String,
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The reply to a batch submit (FastWorker's shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchReply {
+    pub batch_accepted: bool,
+    #[serde(default)]
+    pub task_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The reply to a result query (FastWorker's shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultReply {
+    pub found: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<TaskResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The reply to a cancel (FastWorker's shape, plus `error` when refused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelReply {
+    pub cancelled: bool,
+    pub task_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// fastworker extension: everything known about a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub name: String,
+    pub status: Status,
+    pub priority: Priority,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+    pub submitted_at: DateTime<Utc>,
+    #[serde(default)]
+    pub eta: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub result: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Every attempt so far, each the executor's record of one run.
+    #[serde(default)]
+    pub attempts: Vec<Value>,
+    #[serde(default)]
+    pub callback: Option<Value>,
+}
+
+impl TaskRecord {
+    /// The FastWorker view of this record.
+    pub fn task_result(&self) -> TaskResult {
+        TaskResult {
+            task_id: self.task_id.clone(),
+            status: self.status,
+            result: self.result.clone(),
+            error: self.error.clone(),
+            started_at: self.started_at,
+            completed_at: self.finished_at,
+            callback: self.callback.clone(),
+            refused: false,
+        }
+    }
+}
+
+/// fastworker extension: the reply to a status query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub found: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// fastworker extension: the tasks a control plane can run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    pub tasks: Vec<TaskInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub name: String,
+    pub runs: String,
+    pub mode: String,
+    pub priority: Priority,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// An error reply to a message that could not be understood.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+/// Parses a time as FastWorker's Python client writes it: `str(datetime)`
+/// (`2026-11-22 17:05:00.123456`, local time when it has no offset) or RFC 3339.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
+            return Local
+                .from_local_datetime(&naive)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc))
+                .ok_or_else(|| format!("{text} does not exist in local time"));
+        }
+    }
+    Err(format!(
+        "'{text}' is not a time (write RFC 3339, e.g. 2026-11-22T17:05:00Z)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn tcp_endpoints_follow_fastworker_ports() {
+        let e =
+            Endpoints::from_base("tcp://127.0.0.1:5555", None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.submit(Priority::Critical), "tcp://127.0.0.1:5555");
+        assert_eq!(e.submit(Priority::Low), "tcp://127.0.0.1:5558");
+        assert_eq!(e.query, "tcp://127.0.0.1:5559");
+        assert_eq!(e.subworker, "tcp://127.0.0.1:5560");
+        let e = Endpoints::from_base("tcp://127.0.0.1:5555", Some(7000))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.subworker, "tcp://127.0.0.1:7000");
+        assert!(Endpoints::from_base("tcp://127.0.0.1", None).is_err());
+        assert!(Endpoints::from_base("tcp://127.0.0.1:65534", None).is_err());
+        assert!(Endpoints::from_base("http://x:1", None).is_err());
+    }
+
+    #[test]
+    fn a_fastworker_task_dump_decodes() {
+        // As FastWorker 0.3.0's client sends it: json.dumps(task.model_dump(), default=str).
+        let dump = json!({
+            "id": "5b1c", "name": "add", "args": [5, 3], "kwargs": {}, "priority": "high",
+            "created_at": "2026-11-22 17:05:00.123456", "started_at": null, "completed_at": null,
+            "status": "pending", "result": null, "error": null, "callback": null,
+            "retry_count": 0, "max_retries": 0, "retry_delay": 60.0, "retry_backoff": 2.0,
+            "retry_backoff_max": 3600.0, "timeout": null, "eta": null, "assigned_worker": null
+        });
+        let Ok(Submit::Task(task)) = Submit::decode(&encode(&dump)) else {
+            panic!("should decode")
+        };
+        assert_eq!((task.id.as_str(), task.name.as_str()), ("5b1c", "add"));
+        assert_eq!(task.args, vec![json!(5), json!(3)]);
+        assert_eq!(task.priority, Some(Priority::High));
+        assert_eq!(task.reply, ReplyMode::Result);
+        assert!(task.callback.is_none() && task.eta.is_none());
+    }
+
+    #[test]
+    fn queries_decode() {
+        let q = |v: Value| Query::decode(&encode(&v));
+        assert_eq!(
+            q(json!({"task_id": "a"})),
+            Ok(Query::Result {
+                task_id: "a".into()
+            })
+        );
+        assert_eq!(
+            q(json!({"action": "cancel", "task_id": "a"})),
+            Ok(Query::Cancel {
+                task_id: "a".into()
+            })
+        );
+        assert_eq!(q(json!({"action": "list_tasks"})), Ok(Query::ListTasks));
+        assert!(q(json!({"action": "explode"})).is_err());
+        assert!(q(json!({})).is_err());
+    }
+
+    #[test]
+    fn python_times_parse() {
+        let utc = parse_time("2026-11-22T17:05:00Z").unwrap_or_default();
+        assert_eq!(utc.to_rfc3339(), "2026-11-22T17:05:00+00:00");
+        let offset = parse_time("2026-11-22 18:05:00.5+01:00").unwrap_or_default();
+        assert_eq!(offset.timestamp_millis(), utc.timestamp_millis() + 500);
+        assert!(parse_time("2026-11-22 17:05:00.123456").is_ok());
+        assert!(parse_time("tomorrow").is_err());
+    }
+
+    #[test]
+    fn oversized_messages_are_refused() {
+        let big = vec![b' '; MAX_MESSAGE + 1];
+        let err = decode::<Value>(&big).expect_err("too big");
+        assert!(err.contains("over the"), "{err}");
+    }
+}

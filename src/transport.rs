@@ -1,0 +1,260 @@
+//! NNG, and nothing else: the only module that opens sockets. Everyone else
+//! sends and receives bytes through these four pieces:
+//!
+//! - [`ReplyServer`]: a REP socket served by many NNG contexts at once, so that
+//!   every reply goes to its own request (FastWorker 0.3.0 used one plain REP
+//!   socket and crossed replies under load);
+//! - [`request`]: one REQ round trip on its own context, with a timeout;
+//! - [`announce`]: `WORKER_ANNOUNCE:<id>:<address>` on a BUS socket, every
+//!   interval, as FastWorker's clients expect;
+//! - [`discover`]: the first such announcement.
+//!
+//! Binding: `anng` (the nanomsg project's tokio bindings, NNG 1.11, built from
+//! source). Its socket drop runs `block_in_place`, so everything here needs
+//! tokio's multi-thread runtime.
+
+use std::ffi::CString;
+use std::future::Future;
+use std::time::Duration;
+
+use anng::Message;
+use anng::protocols::{bus0, reqrep0};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio_util::sync::CancellationToken;
+
+/// What can go wrong on the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{url} is not a valid address: {reason}")]
+    BadAddress { url: String, reason: String },
+    #[error("cannot listen on {url}: {source}")]
+    Listen {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach {url}: {source}")]
+    Dial {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no reply from {url} within {}", humantime::format_duration(*after))]
+    Timeout { url: String, after: Duration },
+    #[error("request to {url} failed: {reason}")]
+    Failed { url: String, reason: String },
+}
+
+fn c_url(url: &str) -> Result<CString, TransportError> {
+    CString::new(url).map_err(|_| TransportError::BadAddress {
+        url: url.to_owned(),
+        reason: "it contains a NUL byte".to_owned(),
+    })
+}
+
+/// A listening REP socket.
+#[derive(Debug)]
+pub struct ReplyServer {
+    socket: anng::Socket<reqrep0::Rep0>,
+    url: String,
+}
+
+impl ReplyServer {
+    /// Binds `url` now, so that a bad or busy address is an error at start-up.
+    pub async fn listen(url: &str) -> Result<ReplyServer, TransportError> {
+        let socket =
+            reqrep0::Rep0::listen(c_url(url)?)
+                .await
+                .map_err(|source| TransportError::Listen {
+                    url: url.to_owned(),
+                    source,
+                })?;
+        Ok(ReplyServer {
+            socket,
+            url: url.to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Serves requests until `shutdown`, `contexts` of them at once: each
+    /// context receives one request, awaits `handler` (which may take as long
+    /// as a task runs) and replies on that same context. Closes the socket on
+    /// return.
+    pub async fn serve<H, F>(self, contexts: usize, handler: H, shutdown: CancellationToken)
+    where
+        H: Fn(Vec<u8>) -> F,
+        F: Future<Output = Vec<u8>>,
+    {
+        let mut loops: FuturesUnordered<_> = (0..contexts.max(1))
+            .map(|_| self.context_loop(&handler, &shutdown))
+            .collect();
+        while loops.next().await.is_some() {}
+    }
+
+    async fn context_loop<H, F>(&self, handler: &H, shutdown: &CancellationToken)
+    where
+        H: Fn(Vec<u8>) -> F,
+        F: Future<Output = Vec<u8>>,
+    {
+        let mut ctx = self.socket.context();
+        loop {
+            let received = tokio::select! {
+                received = ctx.receive() => received,
+                () = shutdown.cancelled() => return,
+            };
+            let (request, responder) = match received {
+                Ok(pair) => pair,
+                Err(e) => {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    tracing::warn!(url = %self.url, "receive failed: {e:?}");
+                    continue;
+                }
+            };
+            let reply = handler(request.as_slice().to_vec()).await;
+            if let Err((_, e, _)) = responder.reply(Message::from(reply.as_slice())).await {
+                // The requester went away; there is no one to tell.
+                tracing::debug!(url = %self.url, "reply not delivered: {e:?}");
+            }
+        }
+    }
+}
+
+/// Sends `body` to the REP socket at `url` and waits up to `timeout` for the
+/// reply (connecting included).
+pub async fn request(url: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>, TransportError> {
+    let c_url = c_url(url)?;
+    let round_trip = async {
+        let socket = reqrep0::Req0::dial(c_url)
+            .await
+            .map_err(|source| TransportError::Dial {
+                url: url.to_owned(),
+                source,
+            })?;
+        let mut ctx = socket.context();
+        let reply = ctx
+            .request(Message::from(body))
+            .await
+            .map_err(|(e, _)| failed(url, format!("send: {e:?}")))?;
+        let reply = reply
+            .await
+            .map_err(|e| failed(url, format!("receive: {e:?}")))?;
+        Ok(reply.as_slice().to_vec())
+    };
+    tokio::time::timeout(timeout, round_trip)
+        .await
+        .unwrap_or_else(|_| {
+            Err(TransportError::Timeout {
+                url: url.to_owned(),
+                after: timeout,
+            })
+        })
+}
+
+fn failed(url: &str, reason: String) -> TransportError {
+    TransportError::Failed {
+        url: url.to_owned(),
+        reason,
+    }
+}
+
+/// The announcement FastWorker's clients look for.
+pub fn announcement(worker_id: &str, base_address: &str) -> String {
+    format!("WORKER_ANNOUNCE:{worker_id}:{base_address}")
+}
+
+/// Parses an announcement into (worker id, base address).
+pub fn parse_announcement(text: &str) -> Option<(String, String)> {
+    let rest = text.strip_prefix("WORKER_ANNOUNCE:")?;
+    let (id, address) = rest.split_once(':')?;
+    (!id.is_empty() && !address.is_empty()).then(|| (id.to_owned(), address.to_owned()))
+}
+
+/// Binds a BUS socket on `url` and returns a future that sends `message` at
+/// once and then every `every` until `shutdown`.
+pub async fn announce(
+    url: &str,
+    message: String,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> Result<impl Future<Output = ()> + use<>, TransportError> {
+    let mut socket =
+        bus0::Bus0::listen(c_url(url)?)
+            .await
+            .map_err(|source| TransportError::Listen {
+                url: url.to_owned(),
+                source,
+            })?;
+    let url = url.to_owned();
+    Ok(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Err((e, _)) = socket.send(Message::from(message.as_bytes())).await {
+                tracing::debug!(%url, "announcement not sent: {e:?}");
+            }
+            // Peers never speak on this bus; drop anything they send.
+            while let Ok(Some(_)) = socket.try_receive() {}
+        }
+    })
+}
+
+/// Waits up to `timeout` for the first announcement on the BUS at `url`.
+pub async fn discover(url: &str, timeout: Duration) -> Result<(String, String), TransportError> {
+    let mut socket =
+        bus0::Bus0::dial(c_url(url)?)
+            .await
+            .map_err(|source| TransportError::Dial {
+                url: url.to_owned(),
+                source,
+            })?;
+    let wait = async {
+        loop {
+            match socket.receive().await {
+                Ok(msg) => {
+                    if let Some(found) =
+                        parse_announcement(&String::from_utf8_lossy(msg.as_slice()))
+                    {
+                        return Ok(found);
+                    }
+                }
+                Err(e) => return Err(format!("{e:?}")),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(reason)) => Err(TransportError::Failed {
+            url: url.to_owned(),
+            reason,
+        }),
+        Err(_) => Err(TransportError::Timeout {
+            url: url.to_owned(),
+            after: timeout,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_round_trip() {
+        let text = announcement("control-plane", "tcp://127.0.0.1:5555");
+        assert_eq!(text, "WORKER_ANNOUNCE:control-plane:tcp://127.0.0.1:5555");
+        assert_eq!(
+            parse_announcement(&text),
+            Some(("control-plane".into(), "tcp://127.0.0.1:5555".into()))
+        );
+        assert_eq!(parse_announcement("HELLO"), None);
+    }
+}

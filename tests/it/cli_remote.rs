@@ -1,0 +1,279 @@
+//! The client commands of the real binary against a control plane:
+//! `submit`, `status`, `cancel`, `list --remote`, discovery, an unreachable
+//! address, and SIGTERM on a real `control-plane` process.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{BIN, Fixture, KillOnDrop, TestControlPlane, assert_contains, rand_u16};
+
+const MANIFEST: &str = r#"
+[tasks.add]
+runner = "python"
+function = "pytasks:add"
+priority = "high"
+
+[tasks.blocker]
+script = "blocker.sh"
+"#;
+
+async fn fastworker(args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .env_remove("FASTWORKER_BASE_ADDRESS")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("run fastworker")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_status_cancel_and_list_from_the_command_line() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let base = cp.base.as_str();
+
+    let o = fastworker(&["submit", "--base-address", base, "add", "5", "3"]).await;
+    assert_eq!(
+        (out(&o).as_str(), o.status.code()),
+        ("8\n", Some(0)),
+        "{}",
+        err(&o)
+    );
+
+    // FastWorker's flag form, and the whole TaskResult record.
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        base,
+        "--task-name",
+        "add",
+        "--args",
+        "1",
+        "2",
+        "--json",
+    ])
+    .await;
+    let r: Value = serde_json::from_str(&out(&o)).expect("json");
+    assert_eq!(
+        (r["status"].as_str(), r["result"].as_i64()),
+        (Some("success"), Some(3))
+    );
+    for key in ["task_id", "error", "started_at", "completed_at"] {
+        assert!(r.get(key).is_some(), "{key} in {r}");
+    }
+
+    // Non-blocking prints the id; status and cancel take it.
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        base,
+        "--non-blocking",
+        "blocker",
+    ])
+    .await;
+    let id = out(&o).trim().to_owned();
+    assert_eq!(id.len(), 36, "a task id: {id:?} {}", err(&o));
+    let status = |json: bool| {
+        let mut args = vec!["status", "--base-address", base, id.as_str()];
+        if json {
+            args.push("--json");
+        }
+        async move { fastworker(&args).await }
+    };
+    assert!(
+        wait_for_async(|| async { out(&status(false).await).contains("  blocker  running") }).await,
+        "the blocker runs"
+    );
+    let o = fastworker(&["cancel", "--base-address", base, "--task-id", &id]).await;
+    assert_eq!(o.status.code(), Some(0));
+    assert_contains(
+        &out(&o),
+        "it was running; its process group is being stopped",
+    );
+    assert!(wait_for_async(|| async { out(&status(false).await).contains("cancelled") }).await);
+    let o = status(true).await;
+    let record: Value = serde_json::from_str(&out(&o)).expect("json");
+    assert_eq!(record["status"], "cancelled");
+    assert_eq!(record["priority"], "normal");
+
+    // The manifest's priority applies when the submit names none.
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        base,
+        "--non-blocking",
+        "add",
+        "1",
+        "1",
+    ])
+    .await;
+    let add_id = out(&o).trim().to_owned();
+    let o = fastworker(&["status", "--base-address", base, &add_id, "--json"]).await;
+    let record: Value = serde_json::from_str(&out(&o)).expect("json");
+    assert_eq!(record["priority"], "high");
+
+    let o = fastworker(&["status", "--base-address", base, "no-such-id"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert_contains(&err(&o), "task no-such-id not found");
+
+    let o = fastworker(&["submit", "--base-address", base, "nope"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_contains(&err(&o), "error: unknown task 'nope'; known: add, blocker");
+
+    let o = fastworker(&["list", "--remote", "--base-address", base]).await;
+    assert_contains(&out(&o), "python pytasks:add");
+    cp.stop().await;
+}
+
+async fn wait_for_async<F, Fut>(mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_finds_the_control_plane_by_discovery() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let o = fastworker(&[
+        "submit",
+        "--discovery-address",
+        &cp.discovery,
+        "add",
+        "2",
+        "2",
+    ])
+    .await;
+    assert_eq!(
+        (out(&o).as_str(), o.status.code()),
+        ("4\n", Some(0)),
+        "{}",
+        err(&o)
+    );
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_control_plane_is_a_clear_error() {
+    // Nothing listens here: bind a port, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let base = format!("tcp://127.0.0.1:{port}");
+    let o = fastworker(&["submit", "--base-address", &base, "add", "1", "2"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_contains(&err(&o), "error: cannot reach tcp://127.0.0.1:");
+    assert_contains(&err(&o), "is `fastworker control-plane` running");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_running_tasks_finish_and_exits_0() {
+    let fx = Fixture::new(MANIFEST);
+    // A real control-plane process on fresh ports (retrying if they are taken).
+    let (mut child, base) = loop {
+        let port = 20_000 + rand_u16() % 40_000;
+        let base = format!("tcp://127.0.0.1:{port}");
+        let mut child = tokio::process::Command::new(BIN)
+            .args([
+                "control-plane",
+                "--base-address",
+                &base,
+                "--concurrency",
+                "1",
+            ])
+            .args([
+                "--discovery-address",
+                &format!("tcp://127.0.0.1:{}", port + 6),
+            ])
+            .arg("--manifest")
+            .arg(fx.manifest_path())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let first = lines.next_line().await.expect("read").unwrap_or_default();
+        if first.contains("ready") {
+            // Keep draining stderr so the process never blocks on it.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            break (child, base);
+        }
+        assert_contains(&first, "cannot start the control plane");
+        let _ = child.wait().await;
+    };
+    let _guard = KillOnDrop(child.id().expect("pid"));
+
+    let submit = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            fastworker(&["submit", "--base-address", &base, "blocker", "--json"]).await
+        })
+    };
+    assert!(
+        wait_for_async(|| async {
+            let o = fastworker(&[
+                "submit",
+                "--base-address",
+                &base,
+                "--non-blocking",
+                "add",
+                "1",
+                "1",
+            ])
+            .await;
+            // Queued behind the running blocker: concurrency is 1.
+            let id = out(&o).trim().to_owned();
+            let s = fastworker(&["status", "--base-address", &base, &id]).await;
+            out(&s).contains("queued")
+        })
+        .await,
+        "the blocker holds the only slot"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(
+        wait_for_async(|| async {
+            let o = fastworker(&["submit", "--base-address", &base, "add", "1", "1"]).await;
+            err(&o).contains("the control plane is shutting down")
+        })
+        .await,
+        "new submits are refused while draining"
+    );
+    std::fs::write(fx.path("release"), "").expect("release");
+    let o = submit.await.expect("join");
+    let r: Value = serde_json::from_str(&out(&o)).expect("json");
+    assert_eq!(
+        (r["status"].as_str(), r["result"].as_str()),
+        (Some("success"), Some("released"))
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}

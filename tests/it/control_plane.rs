@@ -1,0 +1,512 @@
+//! The control plane over real NNG sockets: results, priorities that hold,
+//! a bounded queue, resends that never run twice, cancel, status of every
+//! state, and replies that never cross under load.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastworker::manifest::Priority;
+use fastworker::protocol::Status;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Fixture, KillOnDrop, TestControlPlane, assert_contains, process_alive, read_pid, wait_for,
+    wire_task,
+};
+
+const MANIFEST: &str = r#"
+[tasks.add]
+runner = "python"
+function = "pytasks:add"
+pool_size = 2
+
+[tasks.record]
+description = "appends its request to record.log"
+script = "record.sh"
+
+[tasks.blocker]
+description = "runs until the file 'release' exists"
+script = "blocker.sh"
+
+[tasks.sleeper]
+script = "pidfile_sleep.sh"
+env = { PIDFILE = "{dir}/task.pid" }
+grace_period = "200ms"
+
+[tasks.flaky]
+command = ["sh", "-c", "exit 1"]
+retries = 3
+retry_backoff = "1h"
+
+[tasks.boom]
+runner = "python"
+function = "pytasks:boom"
+"#;
+
+/// The requests record.sh saw, in order: their first argument.
+fn recorded(fx: &Fixture) -> Vec<Value> {
+    std::fs::read_to_string(fx.path("record.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("request")["args"][0].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_returns_the_result() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let r = cp
+        .client
+        .submit(
+            wire_task("add", vec![json!(5), json!(3)]),
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("submit");
+    assert_eq!((r.status, r.result), (Status::Success, json!(8)));
+    assert!(r.started_at.is_some() && r.completed_at.is_some());
+
+    let r = cp
+        .client
+        .submit(
+            wire_task("boom", vec![json!("kaput")]),
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("submit");
+    assert_eq!(r.status, Status::Failure);
+    assert_eq!(r.error.as_deref(), Some("failed: ValueError: kaput"));
+    assert!(!r.refused);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_tasks_and_bad_messages_are_refused_clearly() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let r = cp
+        .client
+        .submit(wire_task("nope", vec![]), None, Duration::from_secs(30))
+        .await
+        .expect("submit");
+    assert!(r.refused);
+    assert_eq!(r.status, Status::Failure);
+    assert_eq!(
+        r.error.as_deref(),
+        Some("unknown task 'nope'; known: add, blocker, boom, flaky, record, sleeper")
+    );
+    let url = cp.client.endpoints().submit(Priority::Normal).to_owned();
+    let reply = fastworker::transport::request(&url, b"not json", Duration::from_secs(5))
+        .await
+        .expect("reply");
+    assert_contains(
+        &String::from_utf8_lossy(&reply),
+        "\"error\":\"not a valid message",
+    );
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_critical_task_runs_before_queued_low_ones() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
+    let blocker = cp
+        .client
+        .submit_ack(wire_task("blocker", vec![]), None)
+        .await
+        .expect("blocker");
+    cp.wait_status(&blocker.task_id, Status::Running).await;
+
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let ack = cp
+            .client
+            .submit_ack(
+                wire_task("record", vec![json!(format!("low{i}"))]),
+                Some(Priority::Low),
+            )
+            .await
+            .expect("low");
+        assert!(ack.accepted);
+        assert_eq!(ack.status, Some(Status::Queued));
+        ids.push(ack.task_id);
+    }
+    let critical = cp
+        .client
+        .submit_ack(
+            wire_task("record", vec![json!("critical")]),
+            Some(Priority::Critical),
+        )
+        .await
+        .expect("critical");
+    ids.push(critical.task_id);
+
+    std::fs::write(fx.path("release"), "").expect("release");
+    for id in &ids {
+        cp.wait_status(id, Status::Success).await;
+    }
+    assert_eq!(
+        recorded(&fx),
+        ["critical", "low0", "low1", "low2", "low3", "low4"].map(|s| json!(s)),
+        "the CRITICAL task runs next, then the LOW ones in order"
+    );
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_refuses_at_once() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |c| {
+        c.concurrency = 1;
+        c.max_queue = 2;
+    })
+    .await;
+    let blocker = cp
+        .client
+        .submit_ack(wire_task("blocker", vec![]), None)
+        .await
+        .expect("blocker");
+    cp.wait_status(&blocker.task_id, Status::Running).await;
+    for i in 0..2 {
+        let ack = cp
+            .client
+            .submit_ack(wire_task("record", vec![json!(i)]), None)
+            .await
+            .expect("ack");
+        assert!(ack.accepted, "{ack:?}");
+    }
+    let full = cp
+        .client
+        .submit_ack(wire_task("record", vec![json!(2)]), None)
+        .await
+        .expect("ack");
+    assert!(!full.accepted);
+    assert_eq!(
+        full.error.as_deref(),
+        Some("queue full: 2 tasks waiting, the limit is 2 (--max-queue)")
+    );
+    // A blocking submit is refused the same way, with a TaskResult.
+    let r = cp
+        .client
+        .submit(
+            wire_task("record", vec![json!(3)]),
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("submit");
+    assert!(r.refused && r.error.unwrap_or_default().starts_with("queue full"));
+    std::fs::write(fx.path("release"), "").expect("release");
+    assert!(wait_for(Duration::from_secs(20), || recorded(&fx).len() == 2).await);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resent_task_id_never_runs_twice() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let task = wire_task("record", vec![json!("once")]);
+    let first = cp
+        .client
+        .submit_ack(task.clone(), None)
+        .await
+        .expect("first");
+    let again = cp
+        .client
+        .submit_ack(task.clone(), None)
+        .await
+        .expect("again");
+    assert!(first.accepted && again.accepted);
+    // A blocking resend of the same id gets the one run's result.
+    let r = cp
+        .client
+        .submit(task.clone(), None, Duration::from_secs(30))
+        .await
+        .expect("blocking");
+    assert_eq!((r.status, r.result), (Status::Success, json!("once")));
+    let r = cp
+        .client
+        .submit(task, None, Duration::from_secs(30))
+        .await
+        .expect("after");
+    assert_eq!(r.result, json!("once"));
+    assert_eq!(recorded(&fx), [json!("once")]);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_answers_every_state() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
+    let status = |id: String| {
+        let client = cp.client.clone();
+        async move {
+            client
+                .status(&id)
+                .await
+                .expect("status")
+                .task
+                .expect("found")
+        }
+    };
+    let blocker = cp
+        .client
+        .submit_ack(wire_task("blocker", vec![]), None)
+        .await
+        .expect("ack");
+    cp.wait_status(&blocker.task_id, Status::Running).await;
+    let queued = cp
+        .client
+        .submit_ack(wire_task("record", vec![json!(1)]), None)
+        .await
+        .expect("ack");
+    assert_eq!(status(queued.task_id.clone()).await.status, Status::Queued);
+    let mut later = wire_task("record", vec![json!(2)]);
+    later.eta = Some((chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339());
+    let scheduled = cp.client.submit_ack(later, None).await.expect("ack");
+    let s = status(scheduled.task_id.clone()).await;
+    assert_eq!(s.status, Status::Scheduled);
+    assert!(s.eta.is_some());
+
+    std::fs::write(fx.path("release"), "").expect("release");
+    cp.wait_status(&queued.task_id, Status::Success).await;
+    let done = status(queued.task_id.clone()).await;
+    assert_eq!(done.attempts.len(), 1);
+    assert_eq!(done.attempts[0]["status"], "success");
+
+    // retrying: the first attempt failed and the next waits an hour.
+    let flaky = cp
+        .client
+        .submit_ack(wire_task("flaky", vec![]), None)
+        .await
+        .expect("ack");
+    cp.wait_status(&flaky.task_id, Status::Retrying).await;
+    let f = status(flaky.task_id.clone()).await;
+    assert_eq!(f.attempts.len(), 1);
+    assert_eq!(f.error.as_deref(), Some("failed (exit code 1)"));
+
+    // failure and cancelled
+    let boom = cp
+        .client
+        .submit(wire_task("boom", vec![]), None, Duration::from_secs(30))
+        .await
+        .expect("boom");
+    assert_eq!(status(boom.task_id).await.status, Status::Failure);
+    assert!(
+        cp.client
+            .cancel(&scheduled.task_id)
+            .await
+            .expect("cancel")
+            .cancelled
+    );
+    assert_eq!(status(scheduled.task_id).await.status, Status::Cancelled);
+    assert!(
+        cp.client
+            .cancel(&flaky.task_id)
+            .await
+            .expect("cancel")
+            .cancelled
+    );
+    assert_eq!(status(flaky.task_id).await.status, Status::Cancelled);
+    assert!(!cp.client.status("no-such-id").await.expect("status").found);
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_a_running_task_and_removes_a_queued_one() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
+    let sleeper = cp
+        .client
+        .submit_ack(wire_task("sleeper", vec![]), None)
+        .await
+        .expect("ack");
+    let pid = read_pid(&fx.path("task.pid")).await;
+    let _guard = KillOnDrop(pid);
+    let queued = cp
+        .client
+        .submit_ack(wire_task("record", vec![json!("never")]), None)
+        .await
+        .expect("ack");
+
+    let c = cp.client.cancel(&queued.task_id).await.expect("cancel");
+    assert!(c.cancelled && c.status == Some(Status::Cancelled));
+    let c = cp.client.cancel(&sleeper.task_id).await.expect("cancel");
+    assert!(c.cancelled && c.status == Some(Status::Running));
+    cp.wait_status(&sleeper.task_id, Status::Cancelled).await;
+    assert!(
+        wait_for(Duration::from_secs(5), || !process_alive(pid)).await,
+        "no orphan"
+    );
+
+    // Idempotent; a finished task is not cancelled; an unknown id is not found.
+    assert!(
+        cp.client
+            .cancel(&sleeper.task_id)
+            .await
+            .expect("again")
+            .cancelled
+    );
+    let done = cp
+        .client
+        .submit(
+            wire_task("record", vec![json!("done")]),
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("done");
+    let c = cp.client.cancel(&done.task_id).await.expect("cancel");
+    assert!(!c.cancelled);
+    assert_contains(&c.error.unwrap_or_default(), "already finished (success)");
+    let c = cp.client.cancel("no-such-id").await.expect("cancel");
+    assert_eq!(
+        (c.cancelled, c.error.as_deref()),
+        (false, Some("task no-such-id not found"))
+    );
+    assert_eq!(
+        recorded(&fx),
+        [json!("done")],
+        "the cancelled queued task never ran"
+    );
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_submits_each_get_their_own_result() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let client = Arc::new(cp.client.clone());
+    let submits: Vec<_> = (0..200)
+        .map(|i| {
+            let client = Arc::clone(&client);
+            tokio::spawn(async move {
+                let task = wire_task("add", vec![json!(i), json!(1000)]);
+                let id = task.id.clone();
+                let r = client
+                    .submit(task, None, Duration::from_secs(60))
+                    .await
+                    .expect("submit");
+                (i, id, r)
+            })
+        })
+        .collect();
+    for submit in submits {
+        let (i, id, r) = submit.await.expect("join");
+        assert_eq!(r.task_id, id, "reply {i} belongs to another task");
+        assert_eq!(
+            (r.status, r.result),
+            (Status::Success, json!(i + 1000)),
+            "task {i}"
+        );
+    }
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_accepted_whole_or_not_at_all() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let url = cp.client.endpoints().submit(Priority::Normal).to_owned();
+    let good = wire_task("record", vec![json!("batched")]);
+    let bad = wire_task("nope", vec![]);
+    let batch = json!({"action": "batch_submit", "tasks": [good, bad]});
+    let reply = fastworker::transport::request(
+        &url,
+        &serde_json::to_vec(&batch).expect("json"),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("reply");
+    let reply: Value = serde_json::from_slice(&reply).expect("json");
+    assert_eq!(reply["batch_accepted"], false);
+    assert_contains(
+        reply["error"].as_str().unwrap_or_default(),
+        "unknown task 'nope'",
+    );
+    assert!(
+        !cp.client.status(&good.id).await.expect("status").found,
+        "nothing accepted"
+    );
+
+    let batch = json!({"action": "batch_submit", "tasks": [good]});
+    let reply = fastworker::transport::request(
+        &url,
+        &serde_json::to_vec(&batch).expect("json"),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("reply");
+    let reply: Value = serde_json::from_slice(&reply).expect("json");
+    assert_eq!(
+        reply,
+        json!({"batch_accepted": true, "task_ids": [good.id]})
+    );
+    cp.wait_status(&good.id, Status::Success).await;
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_refuses_new_work_and_lets_running_tasks_finish() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
+    let client = cp.client.clone();
+    let blocking = tokio::spawn(async move {
+        client
+            .submit(wire_task("blocker", vec![]), None, Duration::from_secs(60))
+            .await
+    });
+    let running = loop {
+        let stats = cp.core.stats().await.expect("stats");
+        if stats.running == 1 {
+            break stats;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(running.running, 1);
+    let waiting = cp
+        .client
+        .submit_ack(wire_task("record", vec![json!("queued")]), None)
+        .await
+        .expect("ack");
+    let probe = cp.client.clone();
+    let stopping = tokio::spawn(cp.stop());
+
+    // New work is refused while draining; the queued task ends without running.
+    let refused = loop {
+        let ack = probe
+            .submit_ack(wire_task("record", vec![json!("late")]), None)
+            .await
+            .expect("ack");
+        if !ack.accepted {
+            break ack;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(
+        refused.error.as_deref(),
+        Some("the control plane is shutting down")
+    );
+    let queued = probe
+        .status(&waiting.task_id)
+        .await
+        .expect("status")
+        .task
+        .expect("found");
+    assert_eq!(queued.status, Status::Failure);
+    assert_eq!(
+        queued.error.as_deref(),
+        Some("the control plane shut down before the task ran")
+    );
+    std::fs::write(fx.path("release"), "").expect("release");
+    let r = blocking.await.expect("join").expect("submit");
+    assert_eq!((r.status, r.result), (Status::Success, json!("released")));
+    stopping.await.expect("stopped");
+    assert!(
+        recorded(&fx).is_empty(),
+        "neither the queued nor the late task ran"
+    );
+}
