@@ -8,4 +8,5 @@ mod helpers;
 mod manifest;
 mod oneshot;
 mod pool;
+mod python_client;
 mod python_runner;

@@ -1,0 +1,108 @@
+//! FastWorker 0.3.0's Python `Client`, unchanged, against our control plane.
+//!
+//! Needs Python >= 3.12 (the package's floor) with `fastworker==0.3.0`: the
+//! test makes a venv in `target/compat-venv` when there is none (`.ci/run`
+//! makes it first). Without Python 3.12+ the test is skipped, unless
+//! `FASTWORKER_REQUIRE_PY_COMPAT` is set (CI sets it), when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::{Fixture, REPO, TestControlPlane, assert_contains};
+
+const MANIFEST: &str = r#"
+[tasks.add]
+runner = "python"
+function = "pytasks:add"
+
+[tasks.boom]
+runner = "python"
+function = "pytasks:boom"
+
+[tasks.sleep]
+runner = "python"
+function = "pytasks:sleep"
+grace_period = "200ms"
+"#;
+
+/// A Python >= 3.12: on PATH, or among pyenv's versions.
+fn python312() -> Option<PathBuf> {
+    for name in ["python3.13", "python3.12"] {
+        if let Ok(path) = which::which(name) {
+            return Some(path);
+        }
+    }
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))?;
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    versions.sort();
+    versions.into_iter().rev().find_map(|v| {
+        let minor: u32 = v.file_name()?.to_str()?.strip_prefix("3.")?.split('.').next()?.parse().ok()?;
+        let python = v.join("bin").join(format!("python3.{minor}"));
+        (minor >= 12 && python.is_file()).then_some(python)
+    })
+}
+
+/// The venv's python, making the venv if needed.
+fn compat_python() -> Result<PathBuf, String> {
+    let venv = Path::new(REPO).join("target/compat-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import fastworker, pynng"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.is_file() && ready(&python) {
+        return Ok(python);
+    }
+    let base = python312().ok_or("no Python >= 3.12 on PATH or under pyenv")?;
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    run(Command::new(&base).arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "-q", "fastworker==0.3.0"]))?;
+    Ok(python)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fastworker_python_client_works_unchanged() {
+    let python = match tokio::task::spawn_blocking(compat_python).await.expect("join") {
+        Ok(python) => python,
+        Err(why) if std::env::var_os("FASTWORKER_REQUIRE_PY_COMPAT").is_none() => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        Err(why) => panic!("FastWorker's Python client is required here: {why}"),
+    };
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |c| c.concurrency = 4).await;
+    let script = Path::new(REPO).join("tests/python/fastworker_client_compat.py");
+    let run = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&cp.discovery)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the compat script finishes")
+        .expect("run python");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_contains(&stdout, "ok");
+    cp.stop().await;
+}

@@ -1,0 +1,77 @@
+"""FastWorker 0.3.0's own Python Client against a fastworker control plane.
+
+Run by tests/it/python_client.rs as
+    python fastworker_client_compat.py DISCOVERY_ADDRESS
+with the control plane's manifest defining add, boom, sleep (pytasks.py).
+Prints "ok" and exits 0 when every check holds; any failure raises.
+"""
+
+import asyncio
+import sys
+import time
+
+from fastworker import Client
+from fastworker.tasks.models import TaskPriority, TaskStatus
+
+
+async def wait_for_result(client, task_id, status, timeout=20.0):
+    """Polls get_task_result until the task reaches `status`."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        result = await client.get_task_result(task_id)
+        seen = result.status if result else None
+        if seen == status:
+            return result
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"task {task_id} is {seen}, never {status}")
+
+
+async def main(discovery):
+    client = Client(discovery_address=discovery, timeout=30, retries=0)
+    await client.start()
+    assert client.workers, "the control plane was discovered"
+
+    # Blocking submit.
+    result = await client.submit_task("add", args=(5, 3))
+    assert result.status == TaskStatus.SUCCESS, result
+    assert result.result == 8, result
+    assert result.started_at is not None and result.completed_at is not None
+
+    # Many at once, on every priority port: each gets its own result.
+    priorities = [TaskPriority.LOW, TaskPriority.NORMAL, TaskPriority.HIGH, TaskPriority.CRITICAL]
+    results = await asyncio.gather(
+        *[client.submit_task("add", args=(i, 1000), priority=priorities[i % 4]) for i in range(60)]
+    )
+    for i, result in enumerate(results):
+        assert result.status == TaskStatus.SUCCESS and result.result == i + 1000, (i, result)
+
+    # delay() returns an id at once; the result is queryable.
+    task_id = await client.delay("add", 2, 2, priority=TaskPriority.HIGH)
+    result = await wait_for_result(client, task_id, TaskStatus.SUCCESS)
+    assert result.result == 4, result
+
+    # A task that raises.
+    result = await client.submit_task("boom", args=("kaput",))
+    assert result.status == TaskStatus.FAILURE, result
+    assert "ValueError: kaput" in result.error, result
+
+    # An unknown task is a failure naming the known ones.
+    result = await client.submit_task("nope")
+    assert result.status == TaskStatus.FAILURE, result
+    assert "unknown task 'nope'" in result.error, result
+
+    # Cancel a running task.
+    task_id = await client.delay("sleep", 30)
+    await wait_for_result(client, task_id, TaskStatus.RUNNING)
+    assert await client.cancel_task(task_id) is True
+    await wait_for_result(client, task_id, TaskStatus.CANCELLED)
+    assert await client.cancel_task("no-such-task") is False
+    assert await client.get_task_result("no-such-task") is None
+
+    client.stop()
+    print("ok")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
