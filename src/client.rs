@@ -1,7 +1,10 @@
 //! A client of the control plane: what the CLI's `submit`, `status`,
-//! `cancel` and `list --remote` use. One request per call, each on its own
-//! connection and NNG context.
+//! `cancel` and `list --remote` use. It connects to each socket once, on
+//! first use, and sends every request on its own NNG context, so one client
+//! can have many requests in flight.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -12,7 +15,7 @@ use crate::protocol::{
     self, Ack, CancelReply, Endpoints, ErrorReply, Query, ReplyMode, StatusReply, TaskList,
     TaskResult, WireTask,
 };
-use crate::transport::{self, TransportError};
+use crate::transport::{self, Requester, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -26,19 +29,24 @@ pub enum ClientError {
     BadReply(String),
 }
 
-/// Where a control plane is.
+/// A connection to a control plane. Cheap to clone: clones share sockets.
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoints: Endpoints,
     /// How long a query may take (connecting included).
     pub timeout: Duration,
+    sockets: Arc<Mutex<HashMap<String, Arc<Requester>>>>,
 }
 
 impl Client {
     /// A client of the control plane whose base address is `base`.
     pub fn new(base: &str, timeout: Duration) -> Result<Client, ClientError> {
         let endpoints = Endpoints::from_base(base, None).map_err(ClientError::Address)?;
-        Ok(Client { endpoints, timeout })
+        Ok(Client {
+            endpoints,
+            timeout,
+            sockets: Arc::default(),
+        })
     }
 
     /// Finds a control plane through its announcements on `discovery`.
@@ -95,13 +103,40 @@ impl Client {
         self.ask(&self.endpoints.query, &query, self.timeout).await
     }
 
+    /// The socket for `url`, dialed on first use.
+    async fn requester(&self, url: &str) -> Result<Arc<Requester>, ClientError> {
+        if let Some(found) = self.lock().get(url) {
+            return Ok(Arc::clone(found));
+        }
+        let dialed = tokio::time::timeout(self.timeout, Requester::dial(url))
+            .await
+            .map_err(|_| TransportError::Timeout {
+                url: url.to_owned(),
+                after: self.timeout,
+            })??;
+        // Two callers may dial at once; both sockets work, the first is kept.
+        let mut sockets = self.lock();
+        Ok(Arc::clone(
+            sockets
+                .entry(url.to_owned())
+                .or_insert_with(|| Arc::new(dialed)),
+        ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Requester>>> {
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn ask<Q: Serialize, R: DeserializeOwned>(
         &self,
         url: &str,
         message: &Q,
         timeout: Duration,
     ) -> Result<R, ClientError> {
-        let reply = transport::request(url, &protocol::encode(message), timeout).await?;
+        let requester = self.requester(url).await?;
+        let reply = requester
+            .request(&protocol::encode(message), timeout)
+            .await?;
         protocol::decode::<R>(&reply).map_err(|e| match protocol::decode::<ErrorReply>(&reply) {
             Ok(ErrorReply { error }) => ClientError::Refused(error),
             Err(_) => ClientError::BadReply(e),

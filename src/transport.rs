@@ -4,7 +4,8 @@
 //! - [`ReplyServer`]: a REP socket served by many NNG contexts at once, so that
 //!   every reply goes to its own request (FastWorker 0.3.0 used one plain REP
 //!   socket and crossed replies under load);
-//! - [`request`]: one REQ round trip on its own context, with a timeout;
+//! - [`Requester`]: a REQ socket for many round trips, each on its own
+//!   context, with a timeout ([`request`] for a one-off);
 //! - [`announce`]: `WORKER_ANNOUNCE:<id>:<address>` on a BUS socket, every
 //!   interval, as FastWorker's clients expect;
 //! - [`discover`]: the first such announcement.
@@ -126,34 +127,68 @@ impl ReplyServer {
 }
 
 /// Sends `body` to the REP socket at `url` and waits up to `timeout` for the
-/// reply (connecting included).
+/// reply (connecting included), on a connection of its own.
 pub async fn request(url: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>, TransportError> {
-    let c_url = c_url(url)?;
-    let round_trip = async {
-        let socket = reqrep0::Req0::dial(c_url)
+    tokio::time::timeout(timeout, async {
+        Requester::dial(url).await?.round_trip(body).await
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(TransportError::Timeout {
+            url: url.to_owned(),
+            after: timeout,
+        })
+    })
+}
+
+/// A REQ socket connected to one REP socket, for many requests: each one
+/// gets its own NNG context, so any number can be in flight at once and
+/// each reply comes back to its own request. NNG redials by itself if the
+/// peer goes away and comes back.
+#[derive(Debug)]
+pub struct Requester {
+    socket: anng::Socket<reqrep0::Req0>,
+    url: String,
+}
+
+impl Requester {
+    pub async fn dial(url: &str) -> Result<Requester, TransportError> {
+        let socket =
+            reqrep0::Req0::dial(c_url(url)?)
+                .await
+                .map_err(|source| TransportError::Dial {
+                    url: url.to_owned(),
+                    source,
+                })?;
+        Ok(Requester {
+            socket,
+            url: url.to_owned(),
+        })
+    }
+
+    /// One request and its reply, waiting at most `timeout`.
+    pub async fn request(&self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, TransportError> {
+        tokio::time::timeout(timeout, self.round_trip(body))
             .await
-            .map_err(|source| TransportError::Dial {
-                url: url.to_owned(),
-                source,
-            })?;
-        let mut ctx = socket.context();
+            .unwrap_or_else(|_| {
+                Err(TransportError::Timeout {
+                    url: self.url.clone(),
+                    after: timeout,
+                })
+            })
+    }
+
+    async fn round_trip(&self, body: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let mut ctx = self.socket.context();
         let reply = ctx
             .request(Message::from(body))
             .await
-            .map_err(|(e, _)| failed(url, format!("send: {e:?}")))?;
+            .map_err(|(e, _)| failed(&self.url, format!("send: {e:?}")))?;
         let reply = reply
             .await
-            .map_err(|e| failed(url, format!("receive: {e:?}")))?;
+            .map_err(|e| failed(&self.url, format!("receive: {e:?}")))?;
         Ok(reply.as_slice().to_vec())
-    };
-    tokio::time::timeout(timeout, round_trip)
-        .await
-        .unwrap_or_else(|_| {
-            Err(TransportError::Timeout {
-                url: url.to_owned(),
-                after: timeout,
-            })
-        })
+    }
 }
 
 fn failed(url: &str, reason: String) -> TransportError {

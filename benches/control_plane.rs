@@ -1,0 +1,221 @@
+//! The control plane over NNG on loopback TCP.
+//!
+//! `cargo bench --bench control_plane [-- --quick]`
+//!
+//! Measures, with the Python runner's `add` in a warm pool (pool_size 2,
+//! concurrency 2):
+//! 1. the executor alone, sequential (the reference: no network);
+//! 2. blocking submits, sequential, each on a new REQ socket as the CLI and
+//!    FastWorker's Python client do: tasks/s and latency percentiles;
+//! 3. blocking submits, 32 in flight;
+//! 4. ack-mode submits (accepted, not waited for), 32 in flight;
+//! 5. the `fastworker submit add 5 3` command, process start to exit.
+//!
+//! Results go to stdout as Markdown (docs/benchmarks.md holds a copy).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fastworker::client::Client;
+use fastworker::control_plane::{self, Config};
+use fastworker::executor::{Executor, TaskRequest};
+use fastworker::manifest::Manifest;
+use fastworker::protocol::{Status, WireTask};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n = if quick { 500 } else { 3000 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench(n));
+}
+
+async fn bench(n: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("bench_tasks.py"),
+        "def add(x, y):\n    return x + y\n",
+    )
+    .expect("module");
+    let path = dir.path().join("tasks.toml");
+    std::fs::write(
+        &path,
+        "[tasks.add]\nrunner = \"python\"\nfunction = \"bench_tasks:add\"\nmode = \"pool\"\npool_size = 2\n",
+    )
+    .expect("manifest");
+    let manifest = Arc::new(Manifest::load(&path).unwrap_or_else(|e| panic!("{e}")));
+
+    let shutdown = CancellationToken::new();
+    let mut attempt = 0u16;
+    let (cp, base) = loop {
+        // Ports from the process id, moving on when they are taken.
+        let port = 40_000 + ((std::process::id() as u16).wrapping_add(attempt * 7) % 20_000);
+        let base = format!("tcp://127.0.0.1:{port}");
+        let mut config = Config::new(&base, &format!("tcp://127.0.0.1:{}", port + 6));
+        config.concurrency = 2;
+        match control_plane::start(config, Arc::clone(&manifest), shutdown.clone()).await {
+            Ok(cp) => break (cp, base),
+            Err(e) if attempt < 20 => eprintln!("trying other ports: {e}"),
+            Err(e) => panic!("{e}"),
+        }
+        attempt += 1;
+    };
+    let client = Arc::new(Client::new(&base, Duration::from_secs(30)).expect("client"));
+
+    println!("| measurement | n | tasks/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+
+    let spec = Arc::clone(manifest.task("add").expect("add"));
+    let executor = Executor::new();
+    let cancel = CancellationToken::new();
+    let request = |i: usize| TaskRequest::new("add", vec![json!(i), json!(1)], Default::default());
+    executor.run(&spec, &request(0), &cancel).await; // warm
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let e = executor.run(&spec, &request(i), &cancel).await;
+        assert!(e.outcome.is_success());
+        lat.push(t.elapsed());
+    }
+    row(
+        "executor alone, sequential (no network)",
+        n,
+        start.elapsed(),
+        &mut lat,
+    );
+    executor.shutdown().await;
+
+    // Warm the control plane's pool.
+    submit(&client, 0).await;
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        submit(&client, i).await;
+        lat.push(t.elapsed());
+    }
+    row("blocking submit, sequential", n, start.elapsed(), &mut lat);
+
+    let (elapsed, mut lat) = concurrent(&client, n, 32, false).await;
+    row("blocking submit, 32 in flight", n, elapsed, &mut lat);
+
+    let (elapsed, mut lat) = concurrent(&client, n, 32, true).await;
+    row(
+        "ack-mode submit (accepted, not awaited), 32 in flight",
+        n,
+        elapsed,
+        &mut lat,
+    );
+    // Let the acked tasks finish before measuring the CLI.
+    while cp
+        .core
+        .stats()
+        .await
+        .is_some_and(|s| s.running > 0 || s.queued.iter().sum::<usize>() > 0)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let runs = 30;
+    let mut lat = Vec::with_capacity(runs);
+    let start = Instant::now();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fastworker"))
+            .args(["submit", "--base-address", &base, "add", "5", "3"])
+            .output()
+            .await
+            .expect("fastworker submit");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "8\n");
+        lat.push(t.elapsed());
+    }
+    row(
+        "`fastworker submit add 5 3` command, start to exit",
+        runs,
+        start.elapsed(),
+        &mut lat,
+    );
+
+    println!();
+    println!(
+        "machine: {} cores; control plane: concurrency 2, pool_size 2; loopback TCP",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    shutdown.cancel();
+    cp.wait().await;
+}
+
+fn task(i: usize) -> WireTask {
+    WireTask {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: "add".into(),
+        args: vec![json!(i), json!(1)],
+        kwargs: Default::default(),
+        priority: None,
+        eta: None,
+        callback: None,
+        reply: Default::default(),
+    }
+}
+
+async fn submit(client: &Client, i: usize) {
+    let r = client
+        .submit(task(i), None, Duration::from_secs(60))
+        .await
+        .expect("submit");
+    assert_eq!((r.status, r.result), (Status::Success, json!(i + 1)));
+}
+
+async fn concurrent(
+    client: &Arc<Client>,
+    n: usize,
+    in_flight: usize,
+    ack: bool,
+) -> (Duration, Vec<Duration>) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (client, next) = (Arc::clone(client), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return lat;
+                    }
+                    let t = Instant::now();
+                    if ack {
+                        let a = client.submit_ack(task(i), None).await.expect("ack");
+                        assert!(a.accepted, "{a:?}");
+                    } else {
+                        submit(&client, i).await;
+                    }
+                    lat.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(n);
+    for w in workers {
+        lat.extend(w.await.expect("join"));
+    }
+    (start.elapsed(), lat)
+}
+
+fn row(what: &str, n: usize, elapsed: Duration, lat: &mut [Duration]) {
+    lat.sort();
+    let pct =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    println!(
+        "| {what} | {n} | {:.0} | {:.2} | {:.2} |",
+        n as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99)
+    );
+}
