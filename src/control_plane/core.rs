@@ -521,12 +521,14 @@ impl Core {
             "shutting down: no new tasks; waiting tasks end, running ones may finish"
         );
         for task_id in waiting {
-            self.finish(
-                &task_id,
-                Status::Failure,
-                Value::Null,
-                Some("the control plane shut down before the task ran".to_owned()),
-            );
+            let error = match self.active.get(&task_id) {
+                Some(a) if a.record.status == Status::Retrying => format!(
+                    "the control plane shut down before the next attempt; the last one {}",
+                    a.record.error.as_deref().unwrap_or("failed")
+                ),
+                _ => "the control plane shut down before the task ran".to_owned(),
+            };
+            self.finish(&task_id, Status::Failure, Value::Null, Some(error));
         }
     }
 }

@@ -453,6 +453,12 @@ async fn a_batch_is_accepted_whole_or_not_at_all() {
 async fn shutdown_refuses_new_work_and_lets_running_tasks_finish() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
+    let flaky = cp
+        .client
+        .submit_ack(wire_task("flaky", vec![]), None)
+        .await
+        .expect("ack");
+    cp.wait_status(&flaky.task_id, Status::Retrying).await;
     let client = cp.client.clone();
     let blocking = tokio::spawn(async move {
         client
@@ -500,6 +506,21 @@ async fn shutdown_refuses_new_work_and_lets_running_tasks_finish() {
     assert_eq!(
         queued.error.as_deref(),
         Some("the control plane shut down before the task ran")
+    );
+    let retrying = probe
+        .status(&flaky.task_id)
+        .await
+        .expect("status")
+        .task
+        .expect("found");
+    assert_eq!(
+        (retrying.status, retrying.error.as_deref()),
+        (
+            Status::Failure,
+            Some(
+                "the control plane shut down before the next attempt; the last one failed (exit code 1)"
+            )
+        )
     );
     std::fs::write(fx.path("release"), "").expect("release");
     let r = blocking.await.expect("join").expect("submit");

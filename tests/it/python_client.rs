@@ -43,7 +43,14 @@ fn python312() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.into_iter().rev().find_map(|v| {
-        let minor: u32 = v.file_name()?.to_str()?.strip_prefix("3.")?.split('.').next()?.parse().ok()?;
+        let minor: u32 = v
+            .file_name()?
+            .to_str()?
+            .strip_prefix("3.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()?;
         let python = v.join("bin").join(format!("python3.{minor}"));
         (minor >= 12 && python.is_file()).then_some(python)
     })
@@ -78,7 +85,10 @@ fn compat_python() -> Result<PathBuf, String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fastworker_python_client_works_unchanged() {
-    let python = match tokio::task::spawn_blocking(compat_python).await.expect("join") {
+    let python = match tokio::task::spawn_blocking(compat_python)
+        .await
+        .expect("join")
+    {
         Ok(python) => python,
         Err(why) if std::env::var_os("FASTWORKER_REQUIRE_PY_COMPAT").is_none() => {
             eprintln!("skipped: {why}");
