@@ -41,6 +41,11 @@ retry_backoff = "1h"
 [tasks.boom]
 runner = "python"
 function = "pytasks:boom"
+
+[tasks.single]
+description = "a blocker of which only one may run at a time"
+script = "blocker.sh"
+max_concurrency = 1
 "#;
 
 /// The requests record.sh saw, in order: their first argument.
@@ -96,7 +101,7 @@ async fn unknown_tasks_and_bad_messages_are_refused_clearly() {
     assert_eq!(r.status, Status::Failure);
     assert_eq!(
         r.error.as_deref(),
-        Some("unknown task 'nope'; known: add, blocker, boom, flaky, record, sleeper")
+        Some("unknown task 'nope'; known: add, blocker, boom, flaky, record, single, sleeper")
     );
     let url = cp.client.endpoints().submit(Priority::Normal).to_owned();
     let reply = fastworker::transport::request(&url, b"not json", Duration::from_secs(5))
@@ -530,4 +535,47 @@ async fn shutdown_refuses_new_work_and_lets_running_tasks_finish() {
         recorded(&fx).is_empty(),
         "neither the queued nor the late task ran"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrency_limits_a_task_type_without_blocking_others() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |c| c.concurrency = 2).await;
+    let first = cp
+        .client
+        .submit_ack(wire_task("single", vec![]), None)
+        .await
+        .expect("ack");
+    cp.wait_status(&first.task_id, Status::Running).await;
+    let second = cp
+        .client
+        .submit_ack(wire_task("single", vec![]), Some(Priority::Critical))
+        .await
+        .expect("ack");
+    // A free slot, but `single` is at its limit: a LOW task of another type runs.
+    let other = cp
+        .client
+        .submit(
+            wire_task("record", vec![json!("other")]),
+            Some(Priority::Low),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("other");
+    assert_eq!(other.status, Status::Success);
+    let s = cp
+        .client
+        .status(&second.task_id)
+        .await
+        .expect("status")
+        .task
+        .expect("found");
+    assert_eq!(
+        s.status,
+        Status::Queued,
+        "the second `single` waits for the first"
+    );
+    std::fs::write(fx.path("release"), "").expect("release");
+    cp.wait_status(&second.task_id, Status::Success).await;
+    cp.stop().await;
 }
