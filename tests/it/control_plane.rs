@@ -61,27 +61,11 @@ fn recorded(fx: &Fixture) -> Vec<Value> {
 async fn submit_returns_the_result() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |_| {}).await;
-    let r = cp
-        .client
-        .submit(
-            wire_task("add", vec![json!(5), json!(3)]),
-            None,
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("submit");
+    let r = cp.submit("add", vec![json!(5), json!(3)], None).await;
     assert_eq!((r.status, r.result), (Status::Success, json!(8)));
     assert!(r.started_at.is_some() && r.completed_at.is_some());
 
-    let r = cp
-        .client
-        .submit(
-            wire_task("boom", vec![json!("kaput")]),
-            None,
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("submit");
+    let r = cp.submit("boom", vec![json!("kaput")], None).await;
     assert_eq!(r.status, Status::Failure);
     assert_eq!(r.error.as_deref(), Some("failed: ValueError: kaput"));
     assert!(!r.refused);
@@ -92,11 +76,7 @@ async fn submit_returns_the_result() {
 async fn unknown_tasks_and_bad_messages_are_refused_clearly() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |_| {}).await;
-    let r = cp
-        .client
-        .submit(wire_task("nope", vec![]), None, Duration::from_secs(30))
-        .await
-        .expect("submit");
+    let r = cp.submit("nope", vec![], None).await;
     assert!(r.refused);
     assert_eq!(r.status, Status::Failure);
     assert_eq!(
@@ -118,11 +98,7 @@ async fn unknown_tasks_and_bad_messages_are_refused_clearly() {
 async fn a_critical_task_runs_before_queued_low_ones() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
-    let blocker = cp
-        .client
-        .submit_ack(wire_task("blocker", vec![]), None)
-        .await
-        .expect("blocker");
+    let blocker = cp.ack("blocker", vec![], None).await;
     cp.wait_status(&blocker.task_id, Status::Running).await;
 
     let mut ids = Vec::new();
@@ -140,13 +116,8 @@ async fn a_critical_task_runs_before_queued_low_ones() {
         ids.push(ack.task_id);
     }
     let critical = cp
-        .client
-        .submit_ack(
-            wire_task("record", vec![json!("critical")]),
-            Some(Priority::Critical),
-        )
-        .await
-        .expect("critical");
+        .ack("record", vec![json!("critical")], Some(Priority::Critical))
+        .await;
     ids.push(critical.task_id);
 
     std::fs::write(fx.path("release"), "").expect("release");
@@ -169,40 +140,20 @@ async fn a_full_queue_refuses_at_once() {
         c.max_queue = 2;
     })
     .await;
-    let blocker = cp
-        .client
-        .submit_ack(wire_task("blocker", vec![]), None)
-        .await
-        .expect("blocker");
+    let blocker = cp.ack("blocker", vec![], None).await;
     cp.wait_status(&blocker.task_id, Status::Running).await;
     for i in 0..2 {
-        let ack = cp
-            .client
-            .submit_ack(wire_task("record", vec![json!(i)]), None)
-            .await
-            .expect("ack");
+        let ack = cp.ack("record", vec![json!(i)], None).await;
         assert!(ack.accepted, "{ack:?}");
     }
-    let full = cp
-        .client
-        .submit_ack(wire_task("record", vec![json!(2)]), None)
-        .await
-        .expect("ack");
+    let full = cp.ack("record", vec![json!(2)], None).await;
     assert!(!full.accepted);
     assert_eq!(
         full.error.as_deref(),
         Some("queue full: 2 tasks waiting, the limit is 2 (--max-queue)")
     );
     // A blocking submit is refused the same way, with a TaskResult.
-    let r = cp
-        .client
-        .submit(
-            wire_task("record", vec![json!(3)]),
-            None,
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("submit");
+    let r = cp.submit("record", vec![json!(3)], None).await;
     assert!(r.refused && r.error.unwrap_or_default().starts_with("queue full"));
     std::fs::write(fx.path("release"), "").expect("release");
     assert!(wait_for(Duration::from_secs(20), || recorded(&fx).len() == 2).await);
@@ -257,17 +208,9 @@ async fn status_answers_every_state() {
                 .expect("found")
         }
     };
-    let blocker = cp
-        .client
-        .submit_ack(wire_task("blocker", vec![]), None)
-        .await
-        .expect("ack");
+    let blocker = cp.ack("blocker", vec![], None).await;
     cp.wait_status(&blocker.task_id, Status::Running).await;
-    let queued = cp
-        .client
-        .submit_ack(wire_task("record", vec![json!(1)]), None)
-        .await
-        .expect("ack");
+    let queued = cp.ack("record", vec![json!(1)], None).await;
     assert_eq!(status(queued.task_id.clone()).await.status, Status::Queued);
     let mut later = wire_task("record", vec![json!(2)]);
     later.eta = Some((chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339());
@@ -283,22 +226,14 @@ async fn status_answers_every_state() {
     assert_eq!(done.attempts[0]["status"], "success");
 
     // retrying: the first attempt failed and the next waits an hour.
-    let flaky = cp
-        .client
-        .submit_ack(wire_task("flaky", vec![]), None)
-        .await
-        .expect("ack");
+    let flaky = cp.ack("flaky", vec![], None).await;
     cp.wait_status(&flaky.task_id, Status::Retrying).await;
     let f = status(flaky.task_id.clone()).await;
     assert_eq!(f.attempts.len(), 1);
     assert_eq!(f.error.as_deref(), Some("failed (exit code 1)"));
 
     // failure and cancelled
-    let boom = cp
-        .client
-        .submit(wire_task("boom", vec![]), None, Duration::from_secs(30))
-        .await
-        .expect("boom");
+    let boom = cp.submit("boom", vec![], None).await;
     assert_eq!(status(boom.task_id).await.status, Status::Failure);
     assert!(
         cp.client
@@ -324,18 +259,10 @@ async fn status_answers_every_state() {
 async fn cancel_stops_a_running_task_and_removes_a_queued_one() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
-    let sleeper = cp
-        .client
-        .submit_ack(wire_task("sleeper", vec![]), None)
-        .await
-        .expect("ack");
+    let sleeper = cp.ack("sleeper", vec![], None).await;
     let pid = read_pid(&fx.path("task.pid")).await;
     let _guard = KillOnDrop(pid);
-    let queued = cp
-        .client
-        .submit_ack(wire_task("record", vec![json!("never")]), None)
-        .await
-        .expect("ack");
+    let queued = cp.ack("record", vec![json!("never")], None).await;
 
     let c = cp.client.cancel(&queued.task_id).await.expect("cancel");
     assert!(c.cancelled && c.status == Some(Status::Cancelled));
@@ -355,15 +282,7 @@ async fn cancel_stops_a_running_task_and_removes_a_queued_one() {
             .expect("again")
             .cancelled
     );
-    let done = cp
-        .client
-        .submit(
-            wire_task("record", vec![json!("done")]),
-            None,
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("done");
+    let done = cp.submit("record", vec![json!("done")], None).await;
     let c = cp.client.cancel(&done.task_id).await.expect("cancel");
     assert!(!c.cancelled);
     assert_contains(&c.error.unwrap_or_default(), "already finished (success)");
@@ -458,11 +377,7 @@ async fn a_batch_is_accepted_whole_or_not_at_all() {
 async fn shutdown_refuses_new_work_and_lets_running_tasks_finish() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
-    let flaky = cp
-        .client
-        .submit_ack(wire_task("flaky", vec![]), None)
-        .await
-        .expect("ack");
+    let flaky = cp.ack("flaky", vec![], None).await;
     cp.wait_status(&flaky.task_id, Status::Retrying).await;
     let client = cp.client.clone();
     let blocking = tokio::spawn(async move {
@@ -478,11 +393,7 @@ async fn shutdown_refuses_new_work_and_lets_running_tasks_finish() {
         tokio::task::yield_now().await;
     };
     assert_eq!(running.running, 1);
-    let waiting = cp
-        .client
-        .submit_ack(wire_task("record", vec![json!("queued")]), None)
-        .await
-        .expect("ack");
+    let waiting = cp.ack("record", vec![json!("queued")], None).await;
     let probe = cp.client.clone();
     let stopping = tokio::spawn(cp.stop());
 
@@ -541,27 +452,13 @@ async fn shutdown_refuses_new_work_and_lets_running_tasks_finish() {
 async fn max_concurrency_limits_a_task_type_without_blocking_others() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |c| c.concurrency = 2).await;
-    let first = cp
-        .client
-        .submit_ack(wire_task("single", vec![]), None)
-        .await
-        .expect("ack");
+    let first = cp.ack("single", vec![], None).await;
     cp.wait_status(&first.task_id, Status::Running).await;
-    let second = cp
-        .client
-        .submit_ack(wire_task("single", vec![]), Some(Priority::Critical))
-        .await
-        .expect("ack");
+    let second = cp.ack("single", vec![], Some(Priority::Critical)).await;
     // A free slot, but `single` is at its limit: a LOW task of another type runs.
     let other = cp
-        .client
-        .submit(
-            wire_task("record", vec![json!("other")]),
-            Some(Priority::Low),
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("other");
+        .submit("record", vec![json!("other")], Some(Priority::Low))
+        .await;
     assert_eq!(other.status, Status::Success);
     let s = cp
         .client

@@ -211,6 +211,42 @@ impl TestControlPlane {
         }
     }
 
+    /// Submits `name(args)` in ack mode at `priority` (None: the manifest's).
+    pub async fn ack(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+        priority: Option<fastworker::manifest::Priority>,
+    ) -> fastworker::protocol::Ack {
+        self.client
+            .submit_ack(wire_task(name, args), priority)
+            .await
+            .expect("submit (ack)")
+    }
+
+    /// Submits `name(args)` and waits for its result.
+    pub async fn submit(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+        priority: Option<fastworker::manifest::Priority>,
+    ) -> fastworker::protocol::TaskResult {
+        self.client
+            .submit(wire_task(name, args), priority, Duration::from_secs(60))
+            .await
+            .expect("submit")
+    }
+
+    /// The record of a task the control plane knows.
+    pub async fn record(&self, task_id: &str) -> fastworker::protocol::TaskRecord {
+        self.client
+            .status(task_id)
+            .await
+            .expect("status")
+            .task
+            .unwrap_or_else(|| panic!("task {task_id} is known"))
+    }
+
     /// Polls the task's status until it is `status`.
     pub async fn wait_status(&self, task_id: &str, status: fastworker::protocol::Status) {
         let deadline = Instant::now() + Duration::from_secs(20);
