@@ -197,44 +197,33 @@ async fn a_resent_task_id_never_runs_twice() {
 async fn status_answers_every_state() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
-    let status = |id: String| {
-        let client = cp.client.clone();
-        async move {
-            client
-                .status(&id)
-                .await
-                .expect("status")
-                .task
-                .expect("found")
-        }
-    };
     let blocker = cp.ack("blocker", vec![], None).await;
     cp.wait_status(&blocker.task_id, Status::Running).await;
     let queued = cp.ack("record", vec![json!(1)], None).await;
-    assert_eq!(status(queued.task_id.clone()).await.status, Status::Queued);
+    assert_eq!(cp.record(&queued.task_id).await.status, Status::Queued);
     let mut later = wire_task("record", vec![json!(2)]);
     later.eta = Some((chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339());
     let scheduled = cp.client.submit_ack(later, None).await.expect("ack");
-    let s = status(scheduled.task_id.clone()).await;
+    let s = cp.record(&scheduled.task_id).await;
     assert_eq!(s.status, Status::Scheduled);
     assert!(s.eta.is_some());
 
     std::fs::write(fx.path("release"), "").expect("release");
     cp.wait_status(&queued.task_id, Status::Success).await;
-    let done = status(queued.task_id.clone()).await;
+    let done = cp.record(&queued.task_id).await;
     assert_eq!(done.attempts.len(), 1);
     assert_eq!(done.attempts[0]["status"], "success");
 
     // retrying: the first attempt failed and the next waits an hour.
     let flaky = cp.ack("flaky", vec![], None).await;
     cp.wait_status(&flaky.task_id, Status::Retrying).await;
-    let f = status(flaky.task_id.clone()).await;
+    let f = cp.record(&flaky.task_id).await;
     assert_eq!(f.attempts.len(), 1);
     assert_eq!(f.error.as_deref(), Some("failed (exit code 1)"));
 
     // failure and cancelled
     let boom = cp.submit("boom", vec![], None).await;
-    assert_eq!(status(boom.task_id).await.status, Status::Failure);
+    assert_eq!(cp.record(&boom.task_id).await.status, Status::Failure);
     assert!(
         cp.client
             .cancel(&scheduled.task_id)
@@ -242,7 +231,10 @@ async fn status_answers_every_state() {
             .expect("cancel")
             .cancelled
     );
-    assert_eq!(status(scheduled.task_id).await.status, Status::Cancelled);
+    assert_eq!(
+        cp.record(&scheduled.task_id).await.status,
+        Status::Cancelled
+    );
     assert!(
         cp.client
             .cancel(&flaky.task_id)
@@ -250,7 +242,7 @@ async fn status_answers_every_state() {
             .expect("cancel")
             .cancelled
     );
-    assert_eq!(status(flaky.task_id).await.status, Status::Cancelled);
+    assert_eq!(cp.record(&flaky.task_id).await.status, Status::Cancelled);
     assert!(!cp.client.status("no-such-id").await.expect("status").found);
     cp.stop().await;
 }
@@ -460,13 +452,7 @@ async fn max_concurrency_limits_a_task_type_without_blocking_others() {
         .submit("record", vec![json!("other")], Some(Priority::Low))
         .await;
     assert_eq!(other.status, Status::Success);
-    let s = cp
-        .client
-        .status(&second.task_id)
-        .await
-        .expect("status")
-        .task
-        .expect("found");
+    let s = cp.record(&second.task_id).await;
     assert_eq!(
         s.status,
         Status::Queued,
