@@ -8,13 +8,19 @@
 //! - [`executor`] runs a task spec as a child process (one-shot or from a
 //!   warm pool) and reports an [`executor::Execution`]; it is the only code that
 //!   starts or signals task processes.
+//! - [`protocol`] is every message on the wire (FastWorker 0.3.0's JSON and
+//!   fastworker's extensions), with no I/O.
+//! - [`transport`] is the only code that touches NNG.
+//! - [`control_plane`] takes tasks through `transport`, orders them in its
+//!   core (queue, timers, result cache) and runs them through `executor`.
+//! - [`client`] is the other end, for the CLI and for Rust programs.
 //! - [`runners`] carries the language runners (the Python runner) inside the binary.
 //! - [`cli`] is the command line: it parses arguments, calls the library and
 //!   maps errors to exit codes. `main.rs` only calls [`cli::main`].
 //!
-//! Who talks to whom: `cli` → `manifest` (load) → `executor` (run) → child
-//! processes. The control plane, wire protocol and NNG transport arrive with
-//! the next parts and sit between `cli` and `executor`.
+//! Who talks to whom: `cli` → `client` → `transport` ⇄ `transport` →
+//! `control_plane` → `executor` → child processes; `protocol` types travel
+//! between them; `cli run` goes straight to `executor`.
 
 pub mod cli;
 pub mod client;

@@ -203,16 +203,7 @@ fn list(manifest: Option<&Path>, args: &ListArgs) -> u8 {
         .tasks
         .values()
         .map(|t| {
-            let how = match &t.how {
-                HowToRun::Script { path, interpreter } => {
-                    let shown = path.strip_prefix(&manifest.dir).unwrap_or(path);
-                    match interpreter {
-                        Some(i) => format!("script {} ({})", shown.display(), i.join(" ")),
-                        None => format!("script {}", shown.display()),
-                    }
-                }
-                other => other.to_string(),
-            };
+            let how = t.how.describe(&manifest.dir);
             [
                 t.name.clone(),
                 how,

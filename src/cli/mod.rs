@@ -2,8 +2,10 @@
 //! outcomes and errors to exit codes. Commands call the library and print.
 //!
 //! Exit codes: 0 success; 1 the task ran and did not succeed (or `check`
-//! found problems); 2 it could not be run (bad manifest, unknown task, bad
-//! arguments); 130 cancelled by Ctrl-C.
+//! found problems, or `status`/`cancel` found no such task); 2 it could not
+//! be run or submitted (bad manifest, unknown task, bad arguments, queue
+//! full, control plane unreachable or shutting down); 124 `submit` stopped
+//! waiting before the task ended; 130 interrupted by Ctrl-C.
 
 mod args;
 mod commands;
@@ -86,6 +88,16 @@ pub struct ListArgs {
 /// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::List(_)
+            | Command::Check
+            | Command::Submit(_)
+            | Command::Status(_)
+            | Command::Cancel(_)
+    ) {
+        quiet_on_broken_pipe();
+    }
     init_tracing(cli.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +113,18 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Lets commands that only print die quietly when their output is closed
+/// (`fastworker list | head -1`), as Unix tools do, instead of panicking in
+/// `println!`. Not for `run` and `control-plane`: they write to child
+/// processes' stdin, where EPIPE must stay an error, not a signal.
+#[allow(unsafe_code)]
+fn quiet_on_broken_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called at start-up, before any thread is spawned; SIG_DFL
+    // installs no handler code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// A duration as the manifest takes it: humantime (`30s`) or seconds (`30`, `0.5`).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {
@@ -111,19 +135,25 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn init_tracing(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    // anng 0.1 logs every cancelled wait (a timeout, a select!) at warn.
-    let filter = match level {
-        Some(level) => EnvFilter::try_new(level),
-        None => {
-            EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("warn,anng=error"))
-        }
-    }
-    .unwrap_or_else(|e| {
-        eprintln!("warning: bad log filter ({e}); using 'warn'");
-        EnvFilter::new("warn")
+    // anng 0.1 logs every cancelled wait (a timeout, a select!, each context
+    // at shutdown) at warn: keep it at error unless the filter names anng.
+    let given = level
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "warn".to_owned());
+    let directives = if given.contains("anng") {
+        given
+    } else {
+        format!("{given},anng=error")
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("warning: bad log filter {directives:?} ({e}); using 'warn'");
+        EnvFilter::new("warn,anng=error")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

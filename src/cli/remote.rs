@@ -87,9 +87,10 @@ pub struct TaskIdArgs {
         conflicts_with = "task_id_flag"
     )]
     pub task_id: Option<String>,
+    /// The task id (FastWorker's form)
     #[arg(long = "task-id", value_name = "TASK_ID")]
     pub task_id_flag: Option<String>,
-    /// Print the record as JSON
+    /// Print the reply as JSON (status: the task's whole record; cancel: the cancel reply)
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -107,10 +108,11 @@ impl TaskIdArgs {
 
 fn unreachable(e: &ClientError, connect: &ConnectArgs) -> u8 {
     eprintln!("error: {e}");
-    if matches!(
+    let dial_failed = matches!(
         e,
         ClientError::Transport(crate::transport::TransportError::Dial { .. })
-    ) {
+    );
+    if dial_failed && connect.discovery_address.is_none() {
         eprintln!(
             "is `fastworker control-plane` running with --base-address {}?",
             connect.base_address
@@ -191,6 +193,11 @@ pub async fn submit(args: SubmitArgs) -> u8 {
     };
     if args.json {
         println!("{}", serde_json::to_string(&result).unwrap_or_default());
+        return match result.status {
+            Status::Success => 0,
+            _ if result.refused => EXIT_UNUSABLE,
+            _ => EXIT_FAILED,
+        };
     }
     match result.status {
         Status::Success => {
@@ -242,13 +249,14 @@ pub async fn status(args: TaskIdArgs) -> u8 {
     if !task.attempts.is_empty() {
         facts.push(format!("attempts {}", task.attempts.len()));
     }
-    facts.push(format!("submitted {}", task.submitted_at.to_rfc3339()));
+    facts.push(format!(
+        "submitted {}",
+        task.submitted_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    ));
     if let (Some(started), Some(finished)) = (task.started_at, task.finished_at) {
         let took = (finished - started).to_std().unwrap_or_default();
-        facts.push(format!(
-            "took {}",
-            humantime::format_duration(Duration::from_millis(took.as_millis() as u64))
-        ));
+        facts.push(format!("took {:.1} ms", took.as_secs_f64() * 1e3));
     }
     println!("  {}", facts.join(", "));
     0

@@ -10,12 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::commands::{EXIT_UNUSABLE, load, report_manifest_error};
 use super::parse_duration;
-use crate::control_plane::{self, Config};
+use crate::control_plane::{self, Config, CoreHandle};
 
 #[derive(Debug, Args)]
 pub struct ControlPlaneArgs {
-    /// This control plane's name, as announced for discovery
-    #[arg(long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane")]
+    /// This control plane's name, as announced for discovery (no ':')
+    #[arg(long, env = "FASTWORKER_WORKER_ID", default_value = "control-plane", value_parser = worker_id)]
     pub worker_id: String,
     /// Base address: submits on ports +0..+3 (critical, high, normal, low), queries on +4
     #[arg(
@@ -44,8 +44,8 @@ pub struct ControlPlaneArgs {
     #[arg(long, env = "FASTWORKER_WORKER_CONCURRENCY")]
     pub concurrency: Option<NonZeroUsize>,
     /// Tasks that may wait (queued, scheduled, retrying) before submits are refused
-    #[arg(long, env = "FASTWORKER_MAX_QUEUE", default_value_t = 100_000)]
-    pub max_queue: usize,
+    #[arg(long, env = "FASTWORKER_MAX_QUEUE", default_value_t = NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN))]
+    pub max_queue: NonZeroUsize,
     /// After SIGINT/SIGTERM, how long running tasks may take before they are cancelled
     #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -76,7 +76,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
     if let Some(n) = args.concurrency {
         config.concurrency = n.get();
     }
-    config.max_queue = args.max_queue;
+    config.max_queue = args.max_queue.get();
     config.shutdown_grace = args.shutdown_grace;
     if !args.no_gui {
         tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
@@ -104,14 +104,15 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
         manifest.path.display(),
         config.concurrency,
     );
-    tokio::spawn(stop_on_signal(shutdown));
+    tokio::spawn(stop_on_signal(shutdown, running.core.clone()));
     running.wait().await;
     eprintln!("fastworker control plane stopped");
     0
 }
 
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one cancels
+/// the running tasks too, without waiting for the grace period.
+async fn stop_on_signal(shutdown: CancellationToken, core: CoreHandle) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -124,6 +125,23 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    eprintln!("fastworker control plane: {name}: no new tasks; finishing running ones");
+    eprintln!(
+        "fastworker control plane: {name}: no new tasks; finishing running ones (send it again to cancel them)"
+    );
     shutdown.cancel();
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    eprintln!("fastworker control plane: {name} again: cancelling running tasks");
+    core.force_stop().await;
+}
+
+/// A worker id: announced as `WORKER_ANNOUNCE:<id>:<address>`, so no ':'.
+fn worker_id(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains(':') {
+        Err("a worker id must be non-empty and contain no ':' (it is announced as WORKER_ANNOUNCE:<id>:<address>)".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
 }

@@ -62,6 +62,8 @@ pub enum Command {
     Stats {
         respond: oneshot::Sender<Stats>,
     },
+    /// Cancel every running task now (a second SIGINT/SIGTERM while draining).
+    ForceStop,
     /// An attempt ended (sent by the task that ran it).
     Finished {
         task_id: String,
@@ -162,11 +164,7 @@ impl Core {
                 () = sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
                     kill_at = None;
                     tracing::warn!(running = self.running, "shutdown grace period over; cancelling running tasks");
-                    for task in self.active.values() {
-                        if let Some(token) = &task.running {
-                            token.cancel();
-                        }
-                    }
+                    self.cancel_running();
                 }
             }
             if self.draining {
@@ -199,6 +197,7 @@ impl Core {
                 });
             }
             Command::Finished { task_id, execution } => self.finished(&task_id, *execution),
+            Command::ForceStop => self.cancel_running(),
         }
     }
 
@@ -214,15 +213,24 @@ impl Core {
         // Check everything first: a batch is accepted whole or not at all.
         let mut fresh = 0;
         for task in &tasks {
-            if self.manifest.task(&task.name).is_none() {
-                return Err(self.manifest.unknown_task(&task.name));
-            }
             if task.task_id.is_empty() {
                 return Err(format!("task '{}' has an empty id", task.name));
             }
-            if !self.is_known(&task.task_id) {
-                fresh += 1;
+            // A known id is a resend of that task, unless it names another one.
+            match self.known_name(&task.task_id) {
+                Some(name) if name == task.name => continue,
+                Some(name) => {
+                    return Err(format!(
+                        "task id {} is already used by a '{name}' task",
+                        task.task_id
+                    ));
+                }
+                None => {}
             }
+            if self.manifest.task(&task.name).is_none() {
+                return Err(self.manifest.unknown_task(&task.name));
+            }
+            fresh += 1;
         }
         if self.waiting() + fresh > self.settings.max_queue {
             return Err(format!(
@@ -237,8 +245,12 @@ impl Core {
         Ok(())
     }
 
-    fn is_known(&mut self, task_id: &str) -> bool {
-        self.active.contains_key(task_id) || self.results.get(task_id).is_some()
+    /// The task name of a known id.
+    fn known_name(&mut self, task_id: &str) -> Option<String> {
+        match self.active.get(task_id) {
+            Some(active) => Some(active.record.name.clone()),
+            None => self.results.get(task_id).map(|r| r.name.clone()),
+        }
     }
 
     fn accept(&mut self, task: NewTask) {
@@ -502,6 +514,16 @@ impl Core {
                 status: None,
                 error: Some(format!("task {task_id} not found")),
             },
+        }
+    }
+
+    /// Stops every running task's process group; each then ends cancelled.
+    fn cancel_running(&mut self) {
+        for task in self.active.values_mut() {
+            if let Some(token) = &task.running {
+                task.cancel_requested = true;
+                token.cancel();
+            }
         }
     }
 

@@ -54,6 +54,11 @@ impl CoreHandle {
             })
     }
 
+    /// Cancels every running task now (used on a second shutdown signal).
+    pub async fn force_stop(&self) {
+        let _ = self.tx.send(Command::ForceStop).await;
+    }
+
     pub async fn stats(&self) -> Option<super::core::Stats> {
         self.ask(|respond| Command::Stats { respond }).await
     }
@@ -203,7 +208,7 @@ pub async fn query(core: &CoreHandle, manifest: &Arc<Manifest>, bytes: Vec<u8>) 
                 .values()
                 .map(|t| TaskInfo {
                     name: t.name.clone(),
-                    runs: t.how.to_string(),
+                    runs: t.how.describe(&manifest.dir),
                     mode: t.mode.to_string(),
                     priority: t.priority,
                     description: t.description.clone(),

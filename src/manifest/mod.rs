@@ -152,6 +152,22 @@ pub enum HowToRun {
     },
 }
 
+impl HowToRun {
+    /// How the task runs, with paths shown relative to `dir` (the manifest's).
+    pub fn describe(&self, dir: &Path) -> String {
+        match self {
+            HowToRun::Script { path, interpreter } => {
+                let shown = path.strip_prefix(dir).unwrap_or(path).display();
+                match interpreter {
+                    Some(i) => format!("script {shown} ({})", i.join(" ")),
+                    None => format!("script {shown}"),
+                }
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for HowToRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -188,11 +188,10 @@ async fn an_unreachable_control_plane_is_a_clear_error() {
     assert_contains(&err(&o), "is `fastworker control-plane` running");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_running_tasks_finish_and_exits_0() {
-    let fx = Fixture::new(MANIFEST);
-    // A real control-plane process on fresh ports (retrying if they are taken).
-    let (mut child, base) = loop {
+/// A real `fastworker control-plane` process on fresh ports (retrying if
+/// they are taken), with concurrency 1; returns once it is ready.
+async fn spawn_control_plane(fx: &Fixture) -> (tokio::process::Child, String) {
+    loop {
         let port = 20_000 + rand_u16() % 40_000;
         let base = format!("tcp://127.0.0.1:{port}");
         let mut child = tokio::process::Command::new(BIN)
@@ -218,44 +217,47 @@ async fn sigterm_lets_running_tasks_finish_and_exits_0() {
         if first.contains("ready") {
             // Keep draining stderr so the process never blocks on it.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            break (child, base);
+            return (child, base);
         }
         assert_contains(&first, "cannot start the control plane");
         let _ = child.wait().await;
-    };
-    let _guard = KillOnDrop(child.id().expect("pid"));
+    }
+}
 
+fn signal(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, signal).expect("signal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_running_tasks_finish_and_exits_0() {
+    let fx = Fixture::new(MANIFEST);
+    let (mut child, base) = spawn_control_plane(&fx).await;
+    let _guard = KillOnDrop(child.id().expect("pid"));
+    let id = uuid::Uuid::new_v4().to_string();
     let submit = {
-        let base = base.clone();
+        let (base, id) = (base.clone(), id.clone());
         tokio::spawn(async move {
-            fastworker(&["submit", "--base-address", &base, "blocker", "--json"]).await
+            fastworker(&[
+                "submit",
+                "--base-address",
+                &base,
+                "--id",
+                &id,
+                "blocker",
+                "--json",
+            ])
+            .await
         })
     };
     assert!(
         wait_for_async(|| async {
-            let o = fastworker(&[
-                "submit",
-                "--base-address",
-                &base,
-                "--non-blocking",
-                "add",
-                "1",
-                "1",
-            ])
-            .await;
-            // Queued behind the running blocker: concurrency is 1.
-            let id = out(&o).trim().to_owned();
-            let s = fastworker(&["status", "--base-address", &base, &id]).await;
-            out(&s).contains("queued")
+            out(&fastworker(&["status", "--base-address", &base, &id]).await).contains("running")
         })
         .await,
-        "the blocker holds the only slot"
+        "the blocker runs"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
     assert!(
         wait_for_async(|| async {
             let o = fastworker(&["submit", "--base-address", &base, "add", "1", "1"]).await;
@@ -276,4 +278,67 @@ async fn sigterm_lets_running_tasks_finish_and_exits_0() {
         .expect("exits")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_cancels_running_tasks() {
+    let fx = Fixture::new(MANIFEST);
+    let (mut child, base) = spawn_control_plane(&fx).await;
+    let _guard = KillOnDrop(child.id().expect("pid"));
+    let id = uuid::Uuid::new_v4().to_string();
+    let submit = {
+        let (base, id) = (base.clone(), id.clone());
+        tokio::spawn(async move {
+            fastworker(&[
+                "submit",
+                "--base-address",
+                &base,
+                "--id",
+                &id,
+                "blocker",
+                "--json",
+            ])
+            .await
+        })
+    };
+    // The blocker is never released: only a second signal ends it.
+    assert!(
+        wait_for_async(|| async {
+            out(&fastworker(&["status", "--base-address", &base, &id]).await).contains("running")
+        })
+        .await,
+        "the blocker runs"
+    );
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    // Signals sent back to back may arrive as one: wait for the drain first.
+    assert!(
+        wait_for_async(|| async {
+            let o = fastworker(&["submit", "--base-address", &base, "add", "1", "1"]).await;
+            err(&o).contains("the control plane is shutting down")
+        })
+        .await
+    );
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let o = submit.await.expect("join");
+    let r: Value = serde_json::from_str(&out(&o)).expect("json");
+    assert_eq!(r["status"], "cancelled");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_id_with_a_colon_is_refused() {
+    let o = fastworker(&[
+        "control-plane",
+        "--worker-id",
+        "a:b",
+        "--manifest",
+        "/nonexistent",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_contains(&err(&o), "a worker id must be non-empty and contain no ':'");
 }

@@ -165,6 +165,7 @@ async fn a_resent_task_id_never_runs_twice() {
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |_| {}).await;
     let task = wire_task("record", vec![json!("once")]);
+    let task_id = task.id.clone();
     let first = cp
         .client
         .submit_ack(task.clone(), None)
@@ -190,6 +191,15 @@ async fn a_resent_task_id_never_runs_twice() {
         .expect("after");
     assert_eq!(r.result, json!("once"));
     assert_eq!(recorded(&fx), [json!("once")]);
+    // The same id for another task is a collision, not a resend.
+    let mut other = wire_task("add", vec![json!(1), json!(1)]);
+    other.id = task_id;
+    let refused = cp.client.submit_ack(other, None).await.expect("ack");
+    assert!(!refused.accepted);
+    assert_contains(
+        &refused.error.unwrap_or_default(),
+        "is already used by a 'record' task",
+    );
     cp.stop().await;
 }
 
