@@ -26,33 +26,39 @@ function = "pytasks:sleep"
 grace_period = "200ms"
 "#;
 
-/// A Python >= 3.12: on PATH, or among pyenv's versions.
+/// A Python >= 3.12 that runs: among pyenv's versions, or on PATH. (pyenv
+/// puts shims such as `python3.13` on PATH that fail unless that version is
+/// enabled, so each candidate is tried.)
 fn python312() -> Option<PathBuf> {
-    for name in ["python3.13", "python3.12"] {
-        if let Ok(path) = which::which(name) {
-            return Some(path);
-        }
-    }
+    let mut candidates = Vec::new();
     let root = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))?;
-    let mut versions: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    versions.sort();
-    versions.into_iter().rev().find_map(|v| {
-        let minor: u32 = v
-            .file_name()?
-            .to_str()?
-            .strip_prefix("3.")?
-            .split('.')
-            .next()?
-            .parse()
-            .ok()?;
-        let python = v.join("bin").join(format!("python3.{minor}"));
-        (minor >= 12 && python.is_file()).then_some(python)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
+    if let Some(Ok(versions)) = root.map(|r| std::fs::read_dir(r.join("versions"))) {
+        let mut found: Vec<PathBuf> = versions.filter_map(Result::ok).map(|e| e.path()).collect();
+        found.sort();
+        for v in found.into_iter().rev() {
+            let minor = v
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("3."))
+                .and_then(|n| n.split('.').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(minor) = minor.filter(|m| *m >= 12) {
+                candidates.push(v.join("bin").join(format!("python3.{minor}")));
+            }
+        }
+    }
+    candidates.extend(
+        ["python3.13", "python3.12"]
+            .iter()
+            .filter_map(|n| which::which(n).ok()),
+    );
+    candidates.into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", "import sys; sys.exit(sys.version_info < (3, 12))"])
+            .output()
+            .is_ok_and(|o| o.status.success())
     })
 }
 
