@@ -99,9 +99,9 @@ async fn run(manifest: Option<&Path>, args: RunArgs) -> u8 {
         return EXIT_CANCELLED;
     };
     if args.json {
-        println!("{}", record_json(&attempts));
+        print_result(&record_json(&attempts).to_string());
     } else if let Outcome::Success { result } = &last.outcome {
-        println!("{result}");
+        print_result(&result.to_string());
     } else {
         print_failure(last);
     }
@@ -110,6 +110,14 @@ async fn run(manifest: Option<&Path>, args: RunArgs) -> u8 {
         Outcome::Cancelled => EXIT_CANCELLED,
         _ => EXIT_FAILED,
     }
+}
+
+/// Prints a result line. A closed stdout (`run … | head -c0`) is not an
+/// error worth a panic: `run` keeps SIGPIPE ignored because it writes to its
+/// task's stdin, so the write error is dropped here instead.
+fn print_result(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 fn round_ms(d: std::time::Duration) -> std::time::Duration {
