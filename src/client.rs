@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::manifest::Priority;
 use crate::protocol::{
-    self, Ack, CancelReply, Endpoints, ErrorReply, Query, ReplyMode, StatusReply, TaskList,
-    TaskResult, WireTask,
+    self, Ack, BatchReply, CancelReply, Endpoints, ErrorReply, Query, ReplyMode, StatusReply,
+    TaskList, TaskResult, WireTask,
 };
 use crate::transport::{self, Requester, TransportError};
 
@@ -85,6 +85,17 @@ impl Client {
         task.reply = ReplyMode::Ack;
         let url = self.endpoints.submit(priority.unwrap_or(Priority::Normal));
         self.ask(url, &task, self.timeout).await
+    }
+
+    /// Submits tasks in one `batch_submit` message: all accepted, or none.
+    pub async fn submit_batch(
+        &self,
+        tasks: &[WireTask],
+        priority: Priority,
+    ) -> Result<BatchReply, ClientError> {
+        let batch = serde_json::json!({"action": "batch_submit", "tasks": tasks});
+        self.ask(self.endpoints.submit(priority), &batch, self.timeout)
+            .await
     }
 
     pub async fn status(&self, task_id: &str) -> Result<StatusReply, ClientError> {

@@ -8,6 +8,7 @@
 //! waiting before the task ended; 130 interrupted by Ctrl-C.
 
 mod args;
+mod batch;
 mod commands;
 mod remote;
 mod serve;

@@ -35,7 +35,7 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    async fn client(&self) -> Result<Client, ClientError> {
+    pub(super) async fn client(&self) -> Result<Client, ClientError> {
         match &self.discovery_address {
             Some(discovery) => Client::discover(discovery, self.connect_timeout).await,
             None => Client::new(&self.base_address, self.connect_timeout),
@@ -46,7 +46,7 @@ impl ConnectArgs {
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// The task's name (or --task-name)
-    #[arg(required_unless_present = "task_name", conflicts_with = "task_name")]
+    #[arg(required_unless_present_any = ["task_name", "batch"], conflicts_with = "task_name")]
     pub task: Option<String>,
     /// Arguments: JSON where valid JSON, otherwise strings (or --args)
     #[arg(allow_negative_numbers = true)]
@@ -72,6 +72,19 @@ pub struct SubmitArgs {
     /// The task id to use (a resubmit with a known id never runs it twice) [default: a new UUID]
     #[arg(long)]
     pub id: Option<String>,
+    /// Run the task this many seconds from now (answered at once with its id)
+    #[arg(long, value_name = "SECONDS", conflicts_with = "eta")]
+    pub countdown: Option<f64>,
+    /// Run the task at this time, RFC 3339 (answered at once with its id)
+    #[arg(long, value_name = "TIME")]
+    pub eta: Option<String>,
+    /// Submit the tasks in FILE instead (JSON lines: {"task_name", "args",
+    /// "kwargs", "priority", "eta", "countdown", "id"}; - for stdin); prints their ids
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["task", "task_name", "id", "countdown", "eta"])]
+    pub batch: Option<std::path::PathBuf>,
+    /// With --batch: tasks per message (each message is accepted whole or not at all)
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub batch_size: usize,
     /// Print FastWorker's TaskResult record as JSON
     #[arg(long)]
     pub json: bool,
@@ -106,7 +119,7 @@ impl TaskIdArgs {
     }
 }
 
-fn unreachable(e: &ClientError, connect: &ConnectArgs) -> u8 {
+pub(super) fn unreachable(e: &ClientError, connect: &ConnectArgs) -> u8 {
     eprintln!("error: {e}");
     let dial_failed = matches!(
         e,
@@ -122,11 +135,31 @@ fn unreachable(e: &ClientError, connect: &ConnectArgs) -> u8 {
 }
 
 pub async fn submit(args: SubmitArgs) -> u8 {
+    if let Some(file) = &args.batch {
+        return super::batch::submit_batch(&args, file).await;
+    }
     let name = args
         .task
         .clone()
         .or(args.task_name.clone())
         .unwrap_or_default();
+    let eta = match (args.countdown, &args.eta) {
+        (Some(secs), _) => match chrono::TimeDelta::try_milliseconds((secs * 1000.0) as i64) {
+            Some(delta) if secs >= 0.0 => Some((chrono::Utc::now() + delta).to_rfc3339()),
+            _ => {
+                eprintln!("error: --countdown {secs} is not a number of seconds from now");
+                return EXIT_UNUSABLE;
+            }
+        },
+        (None, Some(eta)) => match crate::protocol::parse_time(eta) {
+            Ok(t) => Some(t.to_rfc3339()),
+            Err(e) => {
+                eprintln!("error: --eta: {e}");
+                return EXIT_UNUSABLE;
+            }
+        },
+        (None, None) => None,
+    };
     let kwargs = match parse_kwargs(&args.kwargs) {
         Ok(kwargs) => kwargs,
         Err(e) => {
@@ -148,17 +181,18 @@ pub async fn submit(args: SubmitArgs) -> u8 {
             .collect(),
         kwargs,
         priority: None,
-        eta: None,
+        eta,
         callback: None,
         reply: Default::default(),
     };
+    let delayed = task.eta.is_some();
     let task_id = task.id.clone();
     let client = match args.connect.client().await {
         Ok(client) => client,
         Err(e) => return unreachable(&e, &args.connect),
     };
 
-    if args.non_blocking {
+    if args.non_blocking || delayed {
         return match client.submit_ack(task, args.priority).await {
             Ok(ack) if ack.accepted => {
                 println!("{}", ack.task_id);

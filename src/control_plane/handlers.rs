@@ -100,14 +100,21 @@ pub async fn submit(core: &CoreHandle, bytes: Vec<u8>) -> Vec<u8> {
 
 async fn submit_one(core: &CoreHandle, task: WireTask) -> Vec<u8> {
     let (task_id, mode) = (task.id.clone(), task.reply);
-    let (waiter, done) = match mode {
-        ReplyMode::Result => {
+    let new = new_task(task, None);
+    // A delayed task is answered at once, in either mode: holding the reply
+    // until its eta would make clients time out and resend it (FastWorker
+    // 0.3.0 sent no reply at all, and its client's resends ran a countdown
+    // task four times).
+    let delayed = matches!(&new, Ok(t) if t.eta.is_some_and(|eta| eta > chrono::Utc::now()));
+    let (new, done) = match (new, mode) {
+        (Ok(mut t), ReplyMode::Result) if !delayed => {
             let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
+            t.waiter = Some(tx);
+            (Ok(t), Some(rx))
         }
-        ReplyMode::Ack => (None, None),
+        (new, _) => (new, None),
     };
-    let accepted = match new_task(task, waiter) {
+    let accepted = match new {
         Ok(new) => core.submit(vec![new]).await,
         Err(e) => Err(e),
     };
@@ -122,13 +129,20 @@ async fn submit_one(core: &CoreHandle, task: WireTask) -> Vec<u8> {
             }),
         },
         (Ok(()), None) => {
-            let status = core.get(task_id.clone()).await.map(|r| r.status);
-            protocol::encode(&Ack {
-                task_id,
-                accepted: true,
-                status,
-                error: None,
-            })
+            let record = core.get(task_id.clone()).await;
+            match mode {
+                ReplyMode::Ack => protocol::encode(&Ack {
+                    task_id,
+                    accepted: true,
+                    status: record.map(|r| r.status),
+                    error: None,
+                }),
+                // A delayed task: FastWorker's TaskResult, status "scheduled".
+                ReplyMode::Result => match record {
+                    Some(record) => protocol::encode(&record.task_result()),
+                    None => protocol::encode(&refused(&task_id, SHUT_DOWN.to_owned())),
+                },
+            }
         }
         (Ok(()), Some(done)) => match done.await {
             Ok(record) => protocol::encode(&record.task_result()),

@@ -342,3 +342,89 @@ async fn a_worker_id_with_a_colon_is_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert_contains(&err(&o), "a worker id must be non-empty and contain no ':'");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn countdown_and_batch_from_the_command_line() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let base = cp.base.as_str();
+
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        base,
+        "--countdown",
+        "0.2",
+        "add",
+        "2",
+        "3",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let id = out(&o).trim().to_owned();
+    assert_eq!(id.len(), 36, "the id, at once: {id:?}");
+    cp.wait_status(&id, fastworker::protocol::Status::Success)
+        .await;
+    assert_eq!(cp.record(&id).await.result, serde_json::json!(5));
+
+    let file = fx.path("batch.jsonl");
+    std::fs::write(
+        &file,
+        "{\"task_name\":\"add\",\"args\":[1,2]}\n\n{\"name\":\"add\",\"args\":[3,4],\"priority\":\"critical\",\"id\":\"b-2\"}\n",
+    )
+    .expect("write");
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        base,
+        "--batch",
+        file.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let ids: Vec<String> = out(&o).lines().map(str::to_owned).collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[1], "b-2");
+    for (id, sum) in ids.iter().zip([3, 7]) {
+        cp.wait_status(id, fastworker::protocol::Status::Success)
+            .await;
+        assert_eq!(cp.record(id).await.result, serde_json::json!(sum));
+    }
+    assert_eq!(
+        cp.record("b-2").await.priority,
+        fastworker::manifest::Priority::Critical
+    );
+
+    // A bad line is named; an unknown task refuses the whole message.
+    std::fs::write(&file, "{\"task_name\":\"add\"}\n{\"task_name\": 5}\n").expect("write");
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        base,
+        "--batch",
+        file.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_contains(&err(&o), "batch.jsonl:2: invalid type: integer `5`");
+    std::fs::write(
+        &file,
+        "{\"task_name\":\"add\",\"id\":\"b-3\"}\n{\"task_name\":\"nope\"}\n",
+    )
+    .expect("write");
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        base,
+        "--batch",
+        file.to_str().expect("utf-8"),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert_contains(&err(&o), "tasks 1–2 refused: unknown task 'nope'");
+    assert!(
+        !cp.client.status("b-3").await.expect("status").found,
+        "none of it was accepted"
+    );
+    cp.stop().await;
+}

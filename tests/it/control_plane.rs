@@ -472,3 +472,39 @@ async fn max_concurrency_limits_a_task_type_without_blocking_others() {
     cp.wait_status(&second.task_id, Status::Success).await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delayed_task_is_answered_at_once_and_runs_once_at_its_eta() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let mut task = wire_task("record", vec![json!("later")]);
+    task.eta = Some((chrono::Utc::now() + chrono::TimeDelta::milliseconds(300)).to_rfc3339());
+    // A blocking submit of a delayed task is answered at once: scheduled.
+    let r = cp
+        .client
+        .submit(task.clone(), None, Duration::from_secs(60))
+        .await
+        .expect("submit");
+    assert_eq!(r.status, Status::Scheduled);
+    // Resends (FastWorker's client resends on timeout) join the same task.
+    for _ in 0..3 {
+        let again = cp
+            .client
+            .submit(task.clone(), None, Duration::from_secs(60))
+            .await
+            .expect("resend");
+        assert!(matches!(
+            again.status,
+            Status::Scheduled | Status::Queued | Status::Running | Status::Success
+        ));
+    }
+    cp.wait_status(&task.id, Status::Success).await;
+    let record = cp.record(&task.id).await;
+    let eta = record.eta.expect("eta");
+    assert!(
+        record.started_at.expect("started") >= eta,
+        "not before its eta"
+    );
+    assert_eq!(recorded(&fx), [json!("later")], "run once");
+    cp.stop().await;
+}

@@ -61,6 +61,24 @@ async def main(discovery):
     assert result.status == TaskStatus.FAILURE, result
     assert "unknown task 'nope'" in result.error, result
 
+    # delay(..., countdown=) is answered at once and runs once, after the countdown.
+    started = time.monotonic()
+    task_id = await client.delay("add", 20, 1, countdown=0.5)
+    result = await wait_for_result(client, task_id, TaskStatus.SUCCESS)
+    assert result.result == 21, result
+    assert time.monotonic() - started >= 0.5
+    assert result.started_at is not None
+
+    # submit_batch: one message, every task queryable.
+    ids = await client.submit_batch(
+        [{"task_name": "add", "args": (i, 100)} for i in range(20)]
+        + [{"task_name": "add", "args": (1, 1), "priority": TaskPriority.CRITICAL}]
+    )
+    assert len(ids) == 21
+    for i, task_id in enumerate(ids[:20]):
+        result = await wait_for_result(client, task_id, TaskStatus.SUCCESS)
+        assert result.result == i + 100, (i, result)
+
     # Cancel a running task.
     task_id = await client.delay("sleep", 30)
     await wait_for_result(client, task_id, TaskStatus.RUNNING)
