@@ -8,7 +8,9 @@
 //!   context, with a timeout ([`request`] for a one-off);
 //! - [`announce`]: `WORKER_ANNOUNCE:<id>:<address>` on a BUS socket, every
 //!   interval, as FastWorker's clients expect;
-//! - [`discover`]: the first such announcement.
+//! - [`discover`]: the first such announcement;
+//! - [`send_pair0`]: one message to a PAIR0 peer (completion callbacks, as
+//!   FastWorker sends them).
 //!
 //! Binding: `anng` (the nanomsg project's tokio bindings, NNG 1.11, built from
 //! source). Its socket drop runs `block_in_place`, so everything here needs
@@ -276,6 +278,73 @@ pub async fn discover(url: &str, timeout: Duration) -> Result<(String, String), 
             after: timeout,
         }),
     }
+}
+
+/// Sends one message to the PAIR0 socket listening at `url`, waiting at
+/// most `timeout` for the send. FastWorker's callback receivers are PAIR0
+/// sockets; `anng` only has PAIR1 (a different protocol that a PAIR0 peer
+/// refuses), so this uses NNG's C API directly, on a blocking thread.
+pub async fn send_pair0(url: &str, body: &[u8], timeout: Duration) -> Result<(), TransportError> {
+    let c = c_url(url)?;
+    let body = body.to_vec();
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let owned_url = url.to_owned();
+    let result = tokio::task::spawn_blocking(move || pair0_send_blocking(&c, &body, millis))
+        .await
+        .map_err(|e| failed(&owned_url, format!("send thread: {e}")))?;
+    result.map_err(|(step, errno)| {
+        let message = nng_error(errno);
+        match step {
+            "dial" => TransportError::Dial {
+                url: url.to_owned(),
+                source: std::io::Error::other(message),
+            },
+            _ => failed(url, format!("{step}: {message}")),
+        }
+    })
+}
+
+/// Open, dial, send, close. Returns the failing step and NNG's error number.
+#[allow(unsafe_code)]
+fn pair0_send_blocking(url: &CString, body: &[u8], millis: i32) -> Result<(), (&'static str, i32)> {
+    use nng_sys as nng;
+    let mut socket = nng::nng_socket::default();
+    // SAFETY: `socket` is a valid out-pointer for nng_pair0_open.
+    let rv = unsafe { nng::nng_pair0_open(&mut socket) };
+    if rv != 0 {
+        return Err(("open", rv));
+    }
+    let result = (|| {
+        let opt = nng::NNG_OPT_SENDTIMEO.as_ptr().cast();
+        // SAFETY: the socket is open; `opt` is a NUL-terminated option name.
+        let rv = unsafe { nng::nng_socket_set_ms(socket, opt, millis) };
+        if rv != 0 {
+            return Err(("set send timeout", rv));
+        }
+        // SAFETY: the socket is open; `url` is a NUL-terminated string; a null
+        // dialer pointer is allowed; flags 0 dial synchronously.
+        let rv = unsafe { nng::nng_dial(socket, url.as_ptr(), std::ptr::null_mut(), 0) };
+        if rv != 0 {
+            return Err(("dial", rv));
+        }
+        // SAFETY: the socket is open; without NNG_FLAG_ALLOC nng_send copies
+        // `body.len()` bytes from the pointer and does not keep it.
+        let rv = unsafe { nng::nng_send(socket, body.as_ptr().cast_mut().cast(), body.len(), 0) };
+        if rv != 0 {
+            return Err(("send", rv));
+        }
+        Ok(())
+    })();
+    // SAFETY: the socket was opened above and is closed once, here.
+    unsafe { nng::nng_close(socket) };
+    result
+}
+
+#[allow(unsafe_code)]
+fn nng_error(errno: i32) -> String {
+    // SAFETY: nng_strerror returns a pointer to a static NUL-terminated string.
+    let text = unsafe { std::ffi::CStr::from_ptr(nng_sys::nng_strerror(errno)) };
+    text.to_string_lossy().into_owned()
 }
 
 #[cfg(test)]

@@ -464,6 +464,7 @@ impl Core {
         for waiter in active.waiters.drain(..) {
             let _ = waiter.send(active.record.clone());
         }
+        super::callbacks::deliver(&active.record);
         self.results.insert(active.record);
     }
 

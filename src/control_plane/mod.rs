@@ -7,6 +7,7 @@
 //! (see [`core::Core::run`]); once it is done the servers close and warm
 //! pools are stopped.
 
+mod callbacks;
 mod core;
 mod handlers;
 mod queue;

@@ -7,8 +7,12 @@ Prints "ok" and exits 0 when every check holds; any failure raises.
 """
 
 import asyncio
+import json
+import socket
 import sys
 import time
+
+import pynng
 
 from fastworker import Client
 from fastworker.tasks.models import TaskPriority, TaskStatus
@@ -25,6 +29,41 @@ async def wait_for_result(client, task_id, status, timeout=20.0):
             return result
         await asyncio.sleep(0.02)
     raise AssertionError(f"task {task_id} is {seen}, never {status}")
+
+
+def free_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def receive(listener, timeout=15.0):
+    return json.loads((await asyncio.wait_for(listener.arecv(), timeout)).decode())
+
+
+async def callbacks(client):
+    """delay_with_callback: the final state reaches a PAIR0 listener."""
+    address = free_address()
+    with pynng.Pair0(listen=address) as listener:
+        task_id = await client.delay_with_callback("add", address, 4, 5, callback_data={"k": "v"})
+        message = await receive(listener)
+        assert message["task_id"] == task_id, message
+        assert (message["status"], message["result"]) == ("success", 9), message
+        assert message["callback_data"] == {"k": "v"}, message
+        assert message["started_at"] and message["completed_at"], message
+
+        task_id = await client.delay_with_callback("boom", address, "kaput")
+        message = await receive(listener)
+        assert (message["task_id"], message["status"]) == (task_id, "failure"), message
+        assert "ValueError: kaput" in message["error"], message
+
+    # A receiver that starts listening only after the task has finished.
+    late = free_address()
+    task_id = await client.delay_with_callback("add", late, 1, 1)
+    await wait_for_result(client, task_id, TaskStatus.SUCCESS)
+    with pynng.Pair0(listen=late) as listener:
+        message = await receive(listener)
+        assert (message["task_id"], message["result"]) == (task_id, 2), message
 
 
 async def main(discovery):
@@ -78,6 +117,8 @@ async def main(discovery):
     for i, task_id in enumerate(ids[:20]):
         result = await wait_for_result(client, task_id, TaskStatus.SUCCESS)
         assert result.result == i + 100, (i, result)
+
+    await callbacks(client)
 
     # Cancel a running task.
     task_id = await client.delay("sleep", 30)
