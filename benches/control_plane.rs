@@ -111,15 +111,37 @@ async fn bench(n: usize) {
         elapsed,
         &mut lat,
     );
-    // Let the acked tasks finish before measuring the CLI.
-    while cp
-        .core
-        .stats()
-        .await
-        .is_some_and(|s| s.running > 0 || s.queued.iter().sum::<usize>() > 0)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Let the acked tasks finish before measuring the next thing.
+    idle(&cp).await;
+
+    // Batch submits: accepted per message of 1000 (the CLI's --batch-size),
+    // then run; the second figure includes running every task.
+    let tasks: Vec<WireTask> = (0..n * 4).map(task).collect();
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    for chunk in tasks.chunks(1000) {
+        let t = Instant::now();
+        let reply = client
+            .submit_batch(chunk, fastworker::manifest::Priority::Normal)
+            .await
+            .expect("batch");
+        assert!(reply.batch_accepted, "{reply:?}");
+        lat.push(t.elapsed());
     }
+    row(
+        "batch submit, 1000 tasks a message: accepted (p = per message)",
+        tasks.len(),
+        start.elapsed(),
+        &mut lat,
+    );
+    idle(&cp).await;
+    let mut lat = vec![start.elapsed()];
+    row(
+        "batch submit: accepted and all run",
+        tasks.len(),
+        start.elapsed(),
+        &mut lat,
+    );
 
     let runs = 30;
     let mut lat = Vec::with_capacity(runs);
@@ -148,6 +170,18 @@ async fn bench(n: usize) {
     );
     shutdown.cancel();
     cp.wait().await;
+}
+
+/// Waits until nothing is queued or running.
+async fn idle(cp: &control_plane::ControlPlane) {
+    while cp
+        .core
+        .stats()
+        .await
+        .is_some_and(|s| s.running > 0 || s.queued.iter().sum::<usize>() > 0)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn task(i: usize) -> WireTask {
