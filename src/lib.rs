@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod control_plane;
 pub mod executor;
+pub mod journal;
 pub mod manifest;
 pub mod protocol;
 pub mod runners;
