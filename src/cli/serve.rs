@@ -49,6 +49,13 @@ pub struct ControlPlaneArgs {
     /// After SIGINT/SIGTERM, how long running tasks may take before they are cancelled
     #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Where the journal is kept: every accepted task is recorded there before
+    /// it is acknowledged, and replayed after a restart
+    #[arg(long, env = "FASTWORKER_DATA_DIR", default_value = ".fastworker")]
+    pub data_dir: std::path::PathBuf,
+    /// Keep tasks in memory only (for benchmarks: a crash loses them)
+    #[arg(long)]
+    pub no_journal: bool,
     /// Web GUI host (the GUI arrives in a later release; accepted now)
     #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
     pub gui_host: String,
@@ -78,6 +85,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
     }
     config.max_queue = args.max_queue.get();
     config.shutdown_grace = args.shutdown_grace;
+    config.data_dir = (!args.no_journal).then(|| args.data_dir.clone());
     if !args.no_gui {
         tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
     }
@@ -91,8 +99,12 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
                 return EXIT_UNUSABLE;
             }
         };
+    let journal = match &config.data_dir {
+        Some(dir) => format!("journal in {}", dir.join(crate::journal::FILE).display()),
+        None => "no journal (--no-journal: a crash loses every task)".to_owned(),
+    };
     eprintln!(
-        "fastworker control plane '{}' ready: submits on {} … {}, queries on {}, announced on {}; {} tasks from {}, concurrency {}",
+        "fastworker control plane '{}' ready: submits on {} … {}, queries on {}, announced on {}; {} tasks from {}, concurrency {}; {journal}",
         config.worker_id,
         running
             .endpoints

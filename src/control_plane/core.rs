@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::{DispatchQueue, Waiting};
 use super::results::ResultCache;
 use crate::executor::{Executor, Outcome, TaskRequest, retry};
+use crate::journal::{Change, Done, Journal};
 use crate::manifest::{Manifest, Priority, TaskSpec};
 use crate::protocol::{CancelReply, Status, TaskRecord};
 
@@ -64,6 +65,11 @@ pub enum Command {
     },
     /// Cancel every running task now (a second SIGINT/SIGTERM while draining).
     ForceStop,
+    /// A task's final record is on disk: publish it (sent by the journal's
+    /// completion, see [`Core::finish`]).
+    Durable {
+        record: Box<TaskRecord>,
+    },
     /// An attempt ended (sent by the task that ran it).
     Finished {
         task_id: String,
@@ -99,6 +105,8 @@ struct Active {
     cancel_requested: bool,
     /// Its entry in the timer set while scheduled or retrying.
     timer: Option<(Instant, u64)>,
+    /// Ended with this status; its final record is on its way to disk.
+    finishing: Option<Status>,
 }
 
 pub struct Core {
@@ -113,7 +121,11 @@ pub struct Core {
     running_by_type: HashMap<String, u32>,
     /// For running tasks to report back.
     tx: mpsc::Sender<Command>,
+    /// Where every state change is recorded, when durability is on.
+    journal: Option<Journal>,
     draining: bool,
+    /// Tasks whose final record is on its way to disk.
+    finishing: usize,
     seq: u64,
 }
 
@@ -124,6 +136,7 @@ impl Core {
         settings: Settings,
         results: ResultCache,
         tx: mpsc::Sender<Command>,
+        journal: Option<Journal>,
     ) -> Core {
         Core {
             manifest,
@@ -136,8 +149,113 @@ impl Core {
             running: 0,
             running_by_type: HashMap::new(),
             tx,
+            journal,
             draining: false,
+            finishing: 0,
             seq: 0,
+        }
+    }
+
+    /// Takes back what the journal held when the control plane stopped:
+    /// finished tasks are queryable again until their TTL runs out; waiting
+    /// ones wait again, in their old order; a task that was running is run
+    /// again, its interrupted attempt counted as lost.
+    pub fn restore(&mut self, mut records: Vec<TaskRecord>) {
+        records.sort_by_key(|r| r.submitted_at);
+        let (mut finished, mut requeued, mut forgotten) = (0, 0, Vec::new());
+        let now = Utc::now();
+        for mut record in records {
+            if record.status.is_final() {
+                let finished_at = record.finished_at.unwrap_or(record.submitted_at);
+                let age = (now - finished_at).to_std().unwrap_or_default();
+                match self.results.ttl().checked_sub(age) {
+                    Some(left) if !left.is_zero() => {
+                        let evicted = self.results.insert_until(record, Instant::now() + left);
+                        forgotten.extend(evicted);
+                        finished += 1;
+                    }
+                    _ => forgotten.push(record.task_id),
+                }
+                continue;
+            }
+            let Some(spec) = self.manifest.task(&record.name).map(Arc::clone) else {
+                let error = format!("task '{}' is no longer in the manifest", record.name);
+                record.status = Status::Failure;
+                record.error = Some(error);
+                record.finished_at = Some(now);
+                self.persist(vec![record.clone()], None);
+                forgotten.extend(self.results.insert(record));
+                continue;
+            };
+            if record.status == Status::Running {
+                let lost = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1;
+                record.attempts.push(serde_json::json!({
+                    "attempt": lost,
+                    "status": "lost",
+                    "error": "the control plane stopped while this attempt ran; the task runs again",
+                    "started_at": record.started_at,
+                }));
+            }
+            let task_id = record.task_id.clone();
+            let future_eta = record.eta.filter(|eta| *eta > now);
+            record.status = if future_eta.is_some() {
+                Status::Scheduled
+            } else {
+                Status::Queued
+            };
+            let mut active = Active {
+                spec,
+                waiters: Vec::new(),
+                running: None,
+                cancel_requested: false,
+                timer: None,
+                finishing: None,
+                record,
+            };
+            match future_eta {
+                Some(eta) => {
+                    let wait = (eta - now).to_std().unwrap_or_default();
+                    active.timer = Some(self.add_timer(Instant::now() + wait, &task_id));
+                }
+                None => self.queue.push(
+                    active.record.priority,
+                    Waiting {
+                        task_id: task_id.clone(),
+                        name: active.record.name.clone(),
+                    },
+                ),
+            }
+            self.persist(vec![active.record.clone()], None);
+            self.active.insert(task_id, active);
+            requeued += 1;
+        }
+        self.forget(forgotten);
+        tracing::info!(finished, requeued, "journal replayed");
+    }
+
+    /// Records `records` in the journal; `done` fires once they are on disk
+    /// (at once when there is no journal).
+    fn persist(&self, records: Vec<TaskRecord>, done: Option<Done>) {
+        match &self.journal {
+            Some(journal) => journal.write(
+                records
+                    .into_iter()
+                    .map(|r| Change::Put(Box::new(r)))
+                    .collect(),
+                done,
+            ),
+            None => {
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Drops records from the journal (their results expired or were evicted).
+    fn forget(&self, task_ids: Vec<String>) {
+        if let (Some(journal), false) = (&self.journal, task_ids.is_empty()) {
+            journal.write(task_ids.into_iter().map(Change::Delete).collect(), None);
         }
     }
 
@@ -154,8 +272,9 @@ impl Core {
                 Some(command) = rx.recv() => self.handle(command),
                 () = sleep_until(next_timer.unwrap_or(far)), if next_timer.is_some() => self.fire_timers(),
                 _ = sweep.tick() => {
-                    let swept = self.results.sweep();
-                    tracing::debug!(swept, kept = self.results.len(), "result cache swept");
+                    let expired = self.results.sweep();
+                    tracing::debug!(swept = expired.len(), kept = self.results.len(), "result cache swept");
+                    self.forget(expired);
                 }
                 () = shutdown.cancelled(), if !self.draining => {
                     kill_at = Some(Instant::now() + self.settings.shutdown_grace);
@@ -168,7 +287,7 @@ impl Core {
                 }
             }
             if self.draining {
-                if self.running == 0 {
+                if self.running == 0 && self.finishing == 0 {
                     break;
                 }
             } else {
@@ -179,9 +298,19 @@ impl Core {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Submit { tasks, respond } => {
-                let _ = respond.send(self.submit(tasks));
-            }
+            // The submit is answered once its tasks are on disk.
+            Command::Submit { tasks, respond } => match self.submit(tasks) {
+                Ok(fresh) => {
+                    let records = fresh
+                        .iter()
+                        .filter_map(|id| self.active.get(id).map(|a| a.record.clone()))
+                        .collect();
+                    self.persist(records, Some(respond));
+                }
+                Err(error) => {
+                    let _ = respond.send(Err(error));
+                }
+            },
             Command::Get { task_id, respond } => {
                 let _ = respond.send(self.get(&task_id));
             }
@@ -198,6 +327,7 @@ impl Core {
             }
             Command::Finished { task_id, execution } => self.finished(&task_id, *execution),
             Command::ForceStop => self.cancel_running(),
+            Command::Durable { record } => self.publish(*record),
         }
     }
 
@@ -206,7 +336,8 @@ impl Core {
         self.queue.len() + self.timers.len()
     }
 
-    fn submit(&mut self, tasks: Vec<NewTask>) -> Result<(), String> {
+    /// Accepts the tasks (all or none); returns the ids of those not known before.
+    fn submit(&mut self, tasks: Vec<NewTask>) -> Result<Vec<String>, String> {
         if self.draining {
             return Err("the control plane is shutting down".to_owned());
         }
@@ -239,10 +370,10 @@ impl Core {
                 self.settings.max_queue
             ));
         }
-        for task in tasks {
-            self.accept(task);
-        }
-        Ok(())
+        Ok(tasks
+            .into_iter()
+            .filter_map(|task| self.accept(task))
+            .collect())
     }
 
     /// The task name of a known id.
@@ -253,23 +384,22 @@ impl Core {
         }
     }
 
-    fn accept(&mut self, task: NewTask) {
+    /// Takes a task in; returns its id when it is new (not a resend).
+    fn accept(&mut self, task: NewTask) -> Option<String> {
         // A resend of a known id is never run twice: its waiter joins the run.
         if let Some(active) = self.active.get_mut(&task.task_id) {
             tracing::debug!(task_id = %task.task_id, "duplicate submit joins the running task");
             active.waiters.extend(task.waiter);
-            return;
+            return None;
         }
         if let Some(done) = self.results.get(&task.task_id) {
             tracing::debug!(task_id = %task.task_id, "duplicate submit of a finished task");
             if let Some(waiter) = task.waiter {
                 let _ = waiter.send(done.clone());
             }
-            return;
+            return None;
         }
-        let Some(spec) = self.manifest.task(&task.name).map(Arc::clone) else {
-            return; // checked in submit()
-        };
+        let spec = self.manifest.task(&task.name).map(Arc::clone)?; // checked in submit()
         let priority = task.priority.unwrap_or(spec.priority);
         let now = Utc::now();
         let future_eta = task.eta.filter(|eta| *eta > now);
@@ -300,6 +430,7 @@ impl Core {
             running: None,
             cancel_requested: false,
             timer: None,
+            finishing: None,
         };
         match future_eta {
             Some(eta) => {
@@ -315,7 +446,8 @@ impl Core {
             ),
         }
         tracing::debug!(task_id = %task.task_id, name = %task.name, %priority, status = active.record.status.as_str(), "task accepted");
-        self.active.insert(task.task_id, active);
+        self.active.insert(task.task_id.clone(), active);
+        Some(task.task_id)
     }
 
     fn add_timer(&mut self, at: Instant, task_id: &str) -> (Instant, u64) {
@@ -381,6 +513,8 @@ impl Core {
             attempt: u32::try_from(active.record.attempts.len()).unwrap_or(u32::MAX) + 1,
         };
         let spec = Arc::clone(&active.spec);
+        let record = active.record.clone();
+        self.persist(vec![record], None);
         self.running += 1;
         *self.running_by_type.entry(spec.name.clone()).or_default() += 1;
         let (executor, tx) = (Arc::clone(&self.executor), self.tx.clone());
@@ -430,6 +564,8 @@ impl Core {
                     active.record.status = Status::Retrying;
                     active.record.error = Some(outcome.to_string());
                     active.timer = Some(timer);
+                    let record = active.record.clone();
+                    self.persist(vec![record], None);
                 }
             }
             outcome if cancel_requested => {
@@ -447,25 +583,67 @@ impl Core {
         }
     }
 
-    /// Ends a task: its record goes to the cache and to every waiter.
+    /// Ends a task. Its final record goes to the journal first; only once it
+    /// is on disk is it published (cache, waiters, callbacks). Until then the
+    /// task answers queries as it was: a result seen before a crash could
+    /// otherwise be run again after it and reported differently.
     fn finish(&mut self, task_id: &str, status: Status, result: Value, error: Option<String>) {
-        let Some(mut active) = self.active.remove(task_id) else {
+        let Some(active) = self
+            .active
+            .get_mut(task_id)
+            .filter(|a| a.finishing.is_none())
+        else {
             return;
         };
-        if let Some((at, seq)) = active.timer.take() {
-            self.timers.remove(&(at, seq, task_id.to_owned()));
-        }
-        let record = &mut active.record;
+        active.finishing = Some(status);
+        let timer = active.timer.take();
+        let mut record = active.record.clone();
         record.status = status;
         record.result = result;
         record.error = error;
         record.finished_at = Some(Utc::now());
-        tracing::debug!(%task_id, status = status.as_str(), "task finished");
-        for waiter in active.waiters.drain(..) {
-            let _ = waiter.send(active.record.clone());
+        if let Some((at, seq)) = timer {
+            self.timers.remove(&(at, seq, task_id.to_owned()));
         }
-        super::callbacks::deliver(&active.record);
-        self.results.insert(active.record);
+        tracing::debug!(%task_id, status = status.as_str(), "task finished");
+        match &self.journal {
+            Some(journal) => {
+                self.finishing += 1;
+                let (done, on_disk) = oneshot::channel();
+                journal.write(vec![Change::Put(Box::new(record.clone()))], Some(done));
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = on_disk.await {
+                        tracing::error!(task_id = %record.task_id, "result not journaled: {e}");
+                    }
+                    let _ = tx
+                        .send(Command::Durable {
+                            record: Box::new(record),
+                        })
+                        .await;
+                });
+            }
+            None => {
+                self.finishing += 1;
+                self.publish(record);
+            }
+        }
+    }
+
+    /// Makes a final record visible: to the cache, every waiter and the callback.
+    fn publish(&mut self, record: TaskRecord) {
+        self.finishing = self.finishing.saturating_sub(1);
+        let waiters = self
+            .active
+            .remove(&record.task_id)
+            .map(|active| active.waiters)
+            .unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(record.clone());
+        }
+        super::callbacks::deliver(&record);
+        let evicted = self.results.insert(record);
+        self.forget(evicted.into_iter().collect());
     }
 
     fn get(&mut self, task_id: &str) -> Option<TaskRecord> {
@@ -483,6 +661,20 @@ impl Core {
             error,
         };
         if let Some(active) = self.active.get_mut(task_id) {
+            if let Some(status) = active.finishing {
+                // Already ended; its record is on its way to disk.
+                return match status {
+                    Status::Cancelled => reply(true, status, None),
+                    _ => reply(
+                        false,
+                        status,
+                        Some(format!(
+                            "task {task_id} already finished ({})",
+                            status.as_str()
+                        )),
+                    ),
+                };
+            }
             if let Some(token) = &active.running {
                 // Its process group is stopped; the attempt then ends cancelled.
                 active.cancel_requested = true;
@@ -528,9 +720,26 @@ impl Core {
         }
     }
 
-    /// Stops accepting, and ends every task that is not running.
+    /// Stops accepting. Without a journal, every task that is not running
+    /// ends as a failure; with one, waiting tasks stay in it and run after
+    /// the next start (their blocking submitters get the task as it stands).
     fn drain(&mut self) {
         self.draining = true;
+        if self.journal.is_some() {
+            tracing::info!(
+                running = self.running,
+                waiting = self.waiting(),
+                "shutting down: no new tasks; waiting tasks stay in the journal, running ones may finish"
+            );
+            for active in self.active.values_mut() {
+                if active.running.is_none() && active.finishing.is_none() {
+                    for waiter in active.waiters.drain(..) {
+                        let _ = waiter.send(active.record.clone());
+                    }
+                }
+            }
+            return;
+        }
         let waiting: Vec<String> = self
             .queue
             .drain()

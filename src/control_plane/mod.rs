@@ -51,6 +51,9 @@ pub struct Config {
     /// Requests each socket serves at once; a blocking submit holds one until
     /// its task ends.
     pub contexts_per_socket: usize,
+    /// Where the journal lives (`journal.redb`); `None` keeps everything in
+    /// memory only (tests, and `--no-journal` for benchmarks).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -67,6 +70,7 @@ impl Config {
             max_queue: 100_000,
             shutdown_grace: Duration::from_secs(30),
             contexts_per_socket: 1024,
+            data_dir: None,
         }
     }
 }
@@ -77,6 +81,8 @@ pub enum ControlPlaneError {
     Address(String),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// A running control plane.
@@ -94,7 +100,8 @@ impl ControlPlane {
     }
 }
 
-/// Binds every socket and starts serving. Returns once all sockets listen.
+/// Opens the journal (when `data_dir` is set) and replays it, binds every
+/// socket, and starts serving. Returns once all sockets listen.
 pub async fn start(
     config: Config,
     manifest: Arc<Manifest>,
@@ -102,6 +109,16 @@ pub async fn start(
 ) -> Result<ControlPlane, ControlPlaneError> {
     let endpoints = Endpoints::from_base(&config.base_address, config.subworker_port)
         .map_err(ControlPlaneError::Address)?;
+    // The journal first: a second control plane on the same data dir is told
+    // so, whatever its ports.
+    let (journal, replay) = match &config.data_dir {
+        Some(dir) => {
+            let (journal, records) = crate::journal::Journal::open(dir)?;
+            (Some(journal), records)
+        }
+        None => (None, Vec::new()),
+    };
+
     let mut submit_servers = Vec::new();
     for priority in Priority::ALL {
         submit_servers.push(ReplyServer::listen(endpoints.submit(priority)).await?);
@@ -120,7 +137,7 @@ pub async fn start(
 
     let executor = Arc::new(Executor::new());
     let (tx, rx) = mpsc::channel(4096);
-    let core = self::core::Core::new(
+    let mut core = self::core::Core::new(
         Arc::clone(&manifest),
         Arc::clone(&executor),
         self::core::Settings {
@@ -130,7 +147,9 @@ pub async fn start(
         },
         ResultCache::new(config.result_cache_size, config.result_cache_ttl),
         tx.clone(),
+        journal,
     );
+    core.restore(replay);
     let handle = CoreHandle::new(tx);
     let mut tasks = JoinSet::new();
 

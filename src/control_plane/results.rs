@@ -27,9 +27,20 @@ impl ResultCache {
         }
     }
 
-    pub fn insert(&mut self, record: TaskRecord) {
+    /// Stores a record for the TTL; returns the id of a record pushed out to
+    /// make room (so the journal can forget it too).
+    pub fn insert(&mut self, record: TaskRecord) -> Option<String> {
         let expires = Instant::now() + self.ttl;
-        self.records.put(record.task_id.clone(), (record, expires));
+        self.insert_until(record, expires)
+    }
+
+    /// Stores a record until `expires` (a replayed record keeps its own clock).
+    pub fn insert_until(&mut self, record: TaskRecord, expires: Instant) -> Option<String> {
+        let id = record.task_id.clone();
+        match self.records.push(id.clone(), (record, expires)) {
+            Some((evicted, _)) if evicted != id => Some(evicted),
+            _ => None,
+        }
     }
 
     /// The record of `task_id`, unless it has expired (then it is dropped).
@@ -42,8 +53,8 @@ impl ResultCache {
         self.records.get(task_id).map(|(record, _)| record)
     }
 
-    /// Drops every expired record; returns how many.
-    pub fn sweep(&mut self) -> usize {
+    /// Drops every expired record; returns their ids.
+    pub fn sweep(&mut self) -> Vec<String> {
         let now = Instant::now();
         let expired: Vec<String> = self
             .records
@@ -54,7 +65,11 @@ impl ResultCache {
         for id in &expired {
             self.records.pop(id);
         }
-        expired.len()
+        expired
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     pub fn len(&self) -> usize {
@@ -102,7 +117,16 @@ mod tests {
         c.insert(record("a"));
         c.insert(record("b"));
         assert!(c.get("a").is_some()); // a is now the most recent
-        c.insert(record("c"));
+        assert_eq!(
+            c.insert(record("c")),
+            Some("b".to_owned()),
+            "b is pushed out"
+        );
+        assert_eq!(
+            c.insert(record("c")),
+            None,
+            "replacing c pushes nothing out"
+        );
         assert!(c.get("b").is_none());
         assert!(c.get("a").is_some() && c.get("c").is_some());
     }
@@ -118,7 +142,7 @@ mod tests {
         assert!(c.get("a").is_none(), "expired when read");
         assert_eq!(c.len(), 1);
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert_eq!(c.sweep(), 1, "expired when swept");
+        assert_eq!(c.sweep(), ["b"], "expired when swept");
         assert!(c.is_empty());
     }
 }

@@ -208,6 +208,8 @@ async fn spawn_control_plane(fx: &Fixture) -> (tokio::process::Child, String) {
             ])
             .arg("--manifest")
             .arg(fx.manifest_path())
+            .arg("--data-dir")
+            .arg(fx.path("data"))
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

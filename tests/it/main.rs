@@ -4,6 +4,7 @@
 mod cli;
 mod cli_remote;
 mod control_plane;
+mod durability;
 mod helpers;
 mod manifest;
 mod oneshot;

@@ -1,0 +1,222 @@
+//! The journal: nothing accepted is lost across a shutdown or a `kill -9`,
+//! and no finished result is reported twice with different values.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fastworker::protocol::Status;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{
+    BIN, Fixture, KillOnDrop, TestControlPlane, assert_contains, rand_u16, wire_task,
+};
+
+const MANIFEST: &str = r#"
+[tasks.record]
+script = "record.sh"
+
+[tasks.blocker]
+script = "blocker.sh"
+
+[tasks.nonce]
+description = "a result that differs on every run"
+command = ["sh", "-c", "cat > /dev/null; sleep 0.05; echo \"\\\"$$-$(date +%s%N)\\\"\""]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_waiting_tasks_and_finished_results() {
+    let fx = Fixture::new(MANIFEST);
+    let data = fx.path("data");
+    let with_journal = |c: &mut fastworker::control_plane::Config| {
+        c.concurrency = 1;
+        c.data_dir = Some(data.clone());
+    };
+    let cp = TestControlPlane::start(&fx, with_journal).await;
+    let done = cp.submit("nonce", vec![], None).await;
+    assert_eq!(done.status, Status::Success);
+    let blocker = cp.ack("blocker", vec![], None).await;
+    cp.wait_status(&blocker.task_id, Status::Running).await;
+    let queued: Vec<String> = futures_ids(&cp, 3).await;
+    let mut later = wire_task("record", vec![json!("later")]);
+    later.eta = Some((chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339());
+    let scheduled = cp.client.submit_ack(later, None).await.expect("ack");
+
+    // A second control plane on the same data dir is refused.
+    let second = fastworker::control_plane::start(
+        fastworker::control_plane::Config {
+            data_dir: Some(data.clone()),
+            ..fastworker::control_plane::Config::new("tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+        },
+        std::sync::Arc::new(fx.load()),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert_contains(&err, "is in use by another process");
+
+    // Shut down: the running blocker finishes, the queued tasks stay journaled.
+    let stopping = tokio::spawn(cp.stop());
+    std::fs::write(fx.path("release"), "").expect("release");
+    stopping.await.expect("stopped");
+    assert!(
+        !fx.path("record.log").exists(),
+        "no queued task ran before the restart"
+    );
+
+    let cp = TestControlPlane::start(&fx, with_journal).await;
+    for id in &queued {
+        cp.wait_status(id, Status::Success).await;
+    }
+    assert_eq!(cp.record(&blocker.task_id).await.status, Status::Success);
+    assert_eq!(
+        cp.record(&scheduled.task_id).await.status,
+        Status::Scheduled
+    );
+    let again = cp.record(&done.task_id).await;
+    assert_eq!(
+        (again.status, &again.result),
+        (Status::Success, &done.result)
+    );
+    cp.stop().await;
+}
+
+async fn futures_ids(cp: &TestControlPlane, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let ack = cp.ack("record", vec![json!(i)], None).await;
+        assert!(ack.accepted);
+        ids.push(ack.task_id);
+    }
+    ids
+}
+
+/// Starts the real binary on `data`, on fresh ports.
+async fn control_plane(fx: &Fixture) -> (tokio::process::Child, fastworker::client::Client) {
+    loop {
+        let port = 20_000 + rand_u16() % 40_000;
+        let base = format!("tcp://127.0.0.1:{port}");
+        let mut child = tokio::process::Command::new(BIN)
+            .args([
+                "control-plane",
+                "--base-address",
+                &base,
+                "--concurrency",
+                "2",
+            ])
+            .args([
+                "--discovery-address",
+                &format!("tcp://127.0.0.1:{}", port + 6),
+            ])
+            .arg("--manifest")
+            .arg(fx.manifest_path())
+            .arg("--data-dir")
+            .arg(fx.path("data"))
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let first = lines.next_line().await.expect("read").unwrap_or_default();
+        if first.contains("ready") {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            let client =
+                fastworker::client::Client::new(&base, Duration::from_secs(10)).expect("client");
+            return (child, client);
+        }
+        assert_contains(&first, "cannot start the control plane");
+        assert!(!first.contains("in use"), "{first}");
+        let _ = child.wait().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_moments_loses_no_accepted_task() {
+    let fx = Fixture::new(MANIFEST);
+    let mut accepted: Vec<String> = Vec::new();
+    let mut reported: HashMap<String, Value> = HashMap::new();
+    for round in 0..5 {
+        let (mut child, client) = control_plane(&fx).await;
+        let guard = KillOnDrop(child.id().expect("pid"));
+        // Submit a random number of tasks, note the results reported so far
+        // (at least one), then kill -9 while the rest are queued or running.
+        let kill_after = 5 + usize::from(rand_u16() % 25);
+        let mut this_round = Vec::new();
+        for i in 0..kill_after {
+            let mut task = wire_task("nonce", vec![json!(format!("{round}-{i}"))]);
+            if i % 7 == 3 {
+                task.eta =
+                    Some((chrono::Utc::now() + chrono::TimeDelta::milliseconds(300)).to_rfc3339());
+            }
+            let ack = client.submit_ack(task, None).await.expect("ack");
+            assert!(ack.accepted, "{ack:?}");
+            this_round.push(ack.task_id);
+        }
+        let seen_before = reported.len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while reported.len() == seen_before {
+            for id in &this_round {
+                if let Some(t) = client.status(id).await.expect("status").task {
+                    if t.status == Status::Success {
+                        reported.insert(id.clone(), t.result);
+                    }
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no task of round {round} finished"
+            );
+        }
+        accepted.extend(this_round);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9");
+        let _ = child.wait().await;
+        drop(guard);
+    }
+
+    // After the last crash: every accepted task completes, and every result
+    // reported before a crash is still the same.
+    let (_child, client) = control_plane(&fx).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut rerun = 0;
+    for id in &accepted {
+        loop {
+            let task = client.status(id).await.expect("status").task;
+            let task = task.unwrap_or_else(|| panic!("accepted task {id} was lost"));
+            if task.status == Status::Success {
+                // An attempt cut short by a crash is counted, and the task ran again.
+                if task.attempts.iter().any(|a| a["status"] == "lost") {
+                    rerun += 1;
+                    assert_eq!(
+                        task.attempts.last().map(|a| a["status"].clone()),
+                        Some(json!("success"))
+                    );
+                }
+                if let Some(before) = reported.get(id) {
+                    assert_eq!(
+                        &task.result, before,
+                        "task {id} reported twice, differently"
+                    );
+                }
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "task {id} stuck in {:?}",
+                task.status
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        accepted.len() >= 25,
+        "{} tasks accepted over 5 crashes",
+        accepted.len()
+    );
+    assert!(!reported.is_empty(), "results were seen before the crashes");
+    assert!(rerun > 0, "some crash interrupted a running task");
+}
