@@ -9,7 +9,7 @@
 //! - [`announce`]: `WORKER_ANNOUNCE:<id>:<address>` on a BUS socket, every
 //!   interval, as FastWorker's clients expect;
 //! - [`discover`]: the first such announcement;
-//! - [`send_pair0`]: one message to a PAIR0 peer (completion callbacks, as
+//! - [`Pair0Senders`]: messages to PAIR0 peers (completion callbacks, as
 //!   FastWorker sends them).
 //!
 //! Binding: `anng` (the nanomsg project's tokio bindings, NNG 1.11, built from
@@ -280,64 +280,162 @@ pub async fn discover(url: &str, timeout: Duration) -> Result<(String, String), 
     }
 }
 
-/// Sends one message to the PAIR0 socket listening at `url`, waiting at
-/// most `timeout` for the send. FastWorker's callback receivers are PAIR0
-/// sockets; `anng` only has PAIR1 (a different protocol that a PAIR0 peer
-/// refuses), so this uses NNG's C API directly, on a blocking thread.
-pub async fn send_pair0(url: &str, body: &[u8], timeout: Duration) -> Result<(), TransportError> {
-    let c = c_url(url)?;
-    let body = body.to_vec();
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    let owned_url = url.to_owned();
-    let result = tokio::task::spawn_blocking(move || pair0_send_blocking(&c, &body, millis))
-        .await
-        .map_err(|e| failed(&owned_url, format!("send thread: {e}")))?;
-    result.map_err(|(step, errno)| {
-        let message = nng_error(errno);
-        match step {
-            "dial" => TransportError::Dial {
-                url: url.to_owned(),
-                source: std::io::Error::other(message),
-            },
-            _ => failed(url, format!("{step}: {message}")),
-        }
-    })
+/// PAIR0 connections to callback receivers: FastWorker's receivers are
+/// PAIR0 sockets, and `anng` only has PAIR1 (a different protocol that a
+/// PAIR0 peer refuses), so these use NNG's C API directly, on a thread of
+/// their own. A socket is kept open per address and reused: closing it right
+/// after a send can drop the message still queued in it. Sockets idle for
+/// [`PAIR0_IDLE`] are closed.
+#[derive(Debug)]
+pub struct Pair0Senders {
+    jobs: std::sync::mpsc::Sender<Pair0Job>,
 }
 
-/// Open, dial, send, close. Returns the failing step and NNG's error number.
+/// How long an unused callback connection stays open.
+pub const PAIR0_IDLE: Duration = Duration::from_secs(60);
+
+struct Pair0Job {
+    url: CString,
+    body: Vec<u8>,
+    millis: i32,
+    done: tokio::sync::oneshot::Sender<Result<(), (&'static str, i32)>>,
+}
+
+impl Pair0Senders {
+    pub fn new() -> Pair0Senders {
+        let (jobs, rx) = std::sync::mpsc::channel::<Pair0Job>();
+        let spawned = std::thread::Builder::new()
+            .name("fastworker-callbacks".to_owned())
+            .spawn(move || pair0_thread(&rx));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the callback thread: {e}");
+        }
+        Pair0Senders { jobs }
+    }
+
+    /// Sends one message to the PAIR0 socket listening at `url`, waiting at
+    /// most `timeout` for the send.
+    pub async fn send(
+        &self,
+        url: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = Pair0Job {
+            url: c_url(url)?,
+            body: body.to_vec(),
+            millis: i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX),
+            done,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| failed(url, "the callback thread has stopped".to_owned()))?;
+        let result = result
+            .await
+            .map_err(|_| failed(url, "the callback thread has stopped".to_owned()))?;
+        result.map_err(|(step, errno)| {
+            let message = nng_error(errno);
+            match step {
+                "dial" => TransportError::Dial {
+                    url: url.to_owned(),
+                    source: std::io::Error::other(message),
+                },
+                _ => failed(url, format!("{step}: {message}")),
+            }
+        })
+    }
+}
+
+impl Default for Pair0Senders {
+    fn default() -> Self {
+        Pair0Senders::new()
+    }
+}
+
+fn pair0_thread(rx: &std::sync::mpsc::Receiver<Pair0Job>) {
+    use std::collections::HashMap;
+    use std::time::Instant;
+    let mut open: HashMap<CString, (nng_sys::nng_socket, Instant)> = HashMap::new();
+    loop {
+        let job = match rx.recv_timeout(PAIR0_IDLE) {
+            Ok(job) => Some(job),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(job) = job {
+            let socket = match open.get(&job.url) {
+                Some((socket, _)) => Ok(*socket),
+                None => pair0_open(&job.url),
+            };
+            let result = socket.and_then(|socket| {
+                pair0_send(socket, &job.body, job.millis).inspect_err(|_| pair0_close(socket))?;
+                open.insert(job.url.clone(), (socket, Instant::now()));
+                Ok(())
+            });
+            if result.is_err() {
+                open.remove(&job.url);
+            }
+            let _ = job.done.send(result);
+        }
+        open.retain(|_, (socket, used)| {
+            let keep = used.elapsed() < PAIR0_IDLE;
+            if !keep {
+                pair0_close(*socket);
+            }
+            keep
+        });
+    }
+    for (socket, _) in open.into_values() {
+        pair0_close(socket);
+    }
+}
+
+/// Opens a PAIR0 socket and dials `url` (synchronously: a receiver that is
+/// not listening is an error now, and is tried again later).
 #[allow(unsafe_code)]
-fn pair0_send_blocking(url: &CString, body: &[u8], millis: i32) -> Result<(), (&'static str, i32)> {
-    use nng_sys as nng;
-    let mut socket = nng::nng_socket::default();
+fn pair0_open(url: &CString) -> Result<nng_sys::nng_socket, (&'static str, i32)> {
+    let mut socket = nng_sys::nng_socket::default();
     // SAFETY: `socket` is a valid out-pointer for nng_pair0_open.
-    let rv = unsafe { nng::nng_pair0_open(&mut socket) };
+    let rv = unsafe { nng_sys::nng_pair0_open(&mut socket) };
     if rv != 0 {
         return Err(("open", rv));
     }
-    let result = (|| {
-        let opt = nng::NNG_OPT_SENDTIMEO.as_ptr().cast();
-        // SAFETY: the socket is open; `opt` is a NUL-terminated option name.
-        let rv = unsafe { nng::nng_socket_set_ms(socket, opt, millis) };
-        if rv != 0 {
-            return Err(("set send timeout", rv));
-        }
-        // SAFETY: the socket is open; `url` is a NUL-terminated string; a null
-        // dialer pointer is allowed; flags 0 dial synchronously.
-        let rv = unsafe { nng::nng_dial(socket, url.as_ptr(), std::ptr::null_mut(), 0) };
-        if rv != 0 {
-            return Err(("dial", rv));
-        }
-        // SAFETY: the socket is open; without NNG_FLAG_ALLOC nng_send copies
-        // `body.len()` bytes from the pointer and does not keep it.
-        let rv = unsafe { nng::nng_send(socket, body.as_ptr().cast_mut().cast(), body.len(), 0) };
-        if rv != 0 {
-            return Err(("send", rv));
-        }
-        Ok(())
-    })();
-    // SAFETY: the socket was opened above and is closed once, here.
-    unsafe { nng::nng_close(socket) };
-    result
+    // SAFETY: the socket is open; `url` is NUL-terminated; a null dialer
+    // pointer is allowed; flags 0 dial synchronously.
+    let rv = unsafe { nng_sys::nng_dial(socket, url.as_ptr(), std::ptr::null_mut(), 0) };
+    if rv != 0 {
+        pair0_close(socket);
+        return Err(("dial", rv));
+    }
+    Ok(socket)
+}
+
+#[allow(unsafe_code)]
+fn pair0_send(
+    socket: nng_sys::nng_socket,
+    body: &[u8],
+    millis: i32,
+) -> Result<(), (&'static str, i32)> {
+    let opt = nng_sys::NNG_OPT_SENDTIMEO.as_ptr().cast();
+    // SAFETY: the socket is open; `opt` is a NUL-terminated option name.
+    let rv = unsafe { nng_sys::nng_socket_set_ms(socket, opt, millis) };
+    if rv != 0 {
+        return Err(("set send timeout", rv));
+    }
+    // SAFETY: the socket is open; without NNG_FLAG_ALLOC nng_send copies
+    // `body.len()` bytes from the pointer and does not keep it.
+    let rv = unsafe { nng_sys::nng_send(socket, body.as_ptr().cast_mut().cast(), body.len(), 0) };
+    if rv != 0 {
+        return Err(("send", rv));
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn pair0_close(socket: nng_sys::nng_socket) {
+    // SAFETY: each socket is closed once, when it leaves the open set.
+    unsafe { nng_sys::nng_close(socket) };
 }
 
 #[allow(unsafe_code)]

@@ -57,7 +57,7 @@ pub async fn submit_batch(args: &SubmitArgs, file: &Path) -> u8 {
         bar
     });
     let mut accepted = 0usize;
-    for chunk in tasks.chunks(args.batch_size.max(1)) {
+    for chunk in tasks.chunks(args.batch_size as usize) {
         let reply = client
             .submit_batch(chunk, args.priority.unwrap_or(Priority::Normal))
             .await;
@@ -88,7 +88,20 @@ pub async fn submit_batch(args: &SubmitArgs, file: &Path) -> u8 {
                     EXIT_FAILED
                 };
             }
-            Err(e) => return unreachable(&e, &args.connect),
+            Err(e) => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                let code = unreachable(&e, &args.connect);
+                if accepted == 0 {
+                    return code;
+                }
+                eprintln!(
+                    "{accepted} of {} tasks were accepted before that",
+                    tasks.len()
+                );
+                return EXIT_FAILED;
+            }
         }
     }
     if let Some(bar) = bar {
@@ -137,6 +150,10 @@ fn read(file: &Path, priority: Option<Priority>) -> Result<Vec<WireTask>, String
     }
     if tasks.is_empty() {
         return Err(format!("{name} holds no tasks"));
+    }
+    let mut ids = std::collections::HashSet::new();
+    if let Some(dup) = tasks.iter().find(|t| !ids.insert(t.id.as_str())) {
+        return Err(format!("{name}: task id {} appears twice", dup.id));
     }
     Ok(tasks)
 }

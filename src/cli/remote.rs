@@ -73,18 +73,18 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub id: Option<String>,
     /// Run the task this many seconds from now (answered at once with its id)
-    #[arg(long, value_name = "SECONDS", conflicts_with = "eta")]
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["eta", "json", "non_blocking"], allow_negative_numbers = true)]
     pub countdown: Option<f64>,
     /// Run the task at this time, RFC 3339 (answered at once with its id)
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["json", "non_blocking"])]
     pub eta: Option<String>,
     /// Submit the tasks in FILE instead (JSON lines: {"task_name", "args",
     /// "kwargs", "priority", "eta", "countdown", "id"}; - for stdin); prints their ids
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["task", "task_name", "id", "countdown", "eta"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["task", "task_name", "id", "countdown", "eta", "flag_args", "kwargs", "json", "non_blocking"])]
     pub batch: Option<std::path::PathBuf>,
     /// With --batch: tasks per message (each message is accepted whole or not at all)
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    pub batch_size: usize,
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
     /// Print FastWorker's TaskResult record as JSON
     #[arg(long)]
     pub json: bool,
@@ -144,10 +144,12 @@ pub async fn submit(args: SubmitArgs) -> u8 {
         .or(args.task_name.clone())
         .unwrap_or_default();
     let eta = match (args.countdown, &args.eta) {
-        (Some(secs), _) => match chrono::TimeDelta::try_milliseconds((secs * 1000.0) as i64) {
-            Some(delta) if secs >= 0.0 => Some((chrono::Utc::now() + delta).to_rfc3339()),
-            _ => {
-                eprintln!("error: --countdown {secs} is not a number of seconds from now");
+        (Some(secs), _) => match countdown_eta(secs) {
+            Some(eta) => Some(eta),
+            None => {
+                eprintln!(
+                    "error: --countdown takes seconds from now, from 0 up to 100 years (got {secs:e})"
+                );
                 return EXIT_UNUSABLE;
             }
         },
@@ -280,6 +282,12 @@ pub async fn status(args: TaskIdArgs) -> u8 {
         println!("  error: {error}");
     }
     let mut facts = vec![format!("priority {}", task.priority)];
+    if let (Status::Scheduled, Some(eta)) = (task.status, task.eta) {
+        facts.push(format!(
+            "runs at {}",
+            eta.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ));
+    }
     if !task.attempts.is_empty() {
         facts.push(format!("attempts {}", task.attempts.len()));
     }
@@ -347,4 +355,16 @@ pub async fn list(args: &ListArgs) -> u8 {
         .collect();
     print_table(&["NAME", "RUNS", "MODE", "DESCRIPTION"], &rows);
     0
+}
+
+/// The time `secs` seconds from now, as RFC 3339; `None` for a negative,
+/// infinite or absurdly large countdown.
+pub(super) fn countdown_eta(secs: f64) -> Option<String> {
+    if !(0.0..=100.0 * 365.0 * 86_400.0).contains(&secs) {
+        return None;
+    }
+    let delta = chrono::TimeDelta::try_milliseconds((secs * 1000.0) as i64)?;
+    chrono::Utc::now()
+        .checked_add_signed(delta)
+        .map(|t| t.to_rfc3339())
 }

@@ -4,12 +4,13 @@
 //! outcome. Delivery runs in the background and never holds up the core; a
 //! receiver that is not there yet is tried again a few times.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::protocol::TaskRecord;
-use crate::transport;
+use crate::transport::Pair0Senders;
 
 /// Waits before each try: at once, then with growing pauses (~6 s in all).
 const TRIES: [Duration; 6] = [
@@ -46,17 +47,18 @@ pub fn message(record: &TaskRecord) -> Value {
 }
 
 /// Sends the record's final state to its callback address, in the background.
-pub fn deliver(record: &TaskRecord) {
+pub fn deliver(senders: &Arc<Pair0Senders>, record: &TaskRecord) {
     let Some(address) = address(record) else {
         return;
     };
     let body = message(record).to_string().into_bytes();
     let task_id = record.task_id.clone();
+    let senders = Arc::clone(senders);
     tokio::spawn(async move {
         let mut last_error = String::new();
         for wait in TRIES {
             tokio::time::sleep(wait).await;
-            match transport::send_pair0(&address, &body, SEND_TIMEOUT).await {
+            match senders.send(&address, &body, SEND_TIMEOUT).await {
                 Ok(()) => {
                     tracing::debug!(%task_id, %address, "callback delivered");
                     return;

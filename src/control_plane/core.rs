@@ -123,6 +123,7 @@ pub struct Core {
     tx: mpsc::Sender<Command>,
     /// Where every state change is recorded, when durability is on.
     journal: Option<Journal>,
+    callbacks: Arc<crate::transport::Pair0Senders>,
     draining: bool,
     /// Tasks whose final record is on its way to disk.
     finishing: usize,
@@ -150,6 +151,7 @@ impl Core {
             running_by_type: HashMap::new(),
             tx,
             journal,
+            callbacks: Arc::new(crate::transport::Pair0Senders::new()),
             draining: false,
             finishing: 0,
             seq: 0,
@@ -342,6 +344,13 @@ impl Core {
             return Err("the control plane is shutting down".to_owned());
         }
         // Check everything first: a batch is accepted whole or not at all.
+        let mut ids = std::collections::HashSet::new();
+        if let Some(dup) = tasks.iter().find(|t| !ids.insert(t.task_id.as_str())) {
+            return Err(format!(
+                "task id {} appears twice in one submit",
+                dup.task_id
+            ));
+        }
         let mut fresh = 0;
         for task in &tasks {
             if task.task_id.is_empty() {
@@ -641,7 +650,7 @@ impl Core {
         for waiter in waiters {
             let _ = waiter.send(record.clone());
         }
-        super::callbacks::deliver(&record);
+        super::callbacks::deliver(&self.callbacks, &record);
         let evicted = self.results.insert(record);
         self.forget(evicted.into_iter().collect());
     }

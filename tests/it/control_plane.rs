@@ -42,6 +42,11 @@ retry_backoff = "1h"
 runner = "python"
 function = "pytasks:boom"
 
+[tasks.exhausts]
+command = ["sh", "-c", "echo giving up >&2; exit 7"]
+retries = 2
+retry_backoff = "20ms"
+
 [tasks.single]
 description = "a blocker of which only one may run at a time"
 script = "blocker.sh"
@@ -81,7 +86,9 @@ async fn unknown_tasks_and_bad_messages_are_refused_clearly() {
     assert_eq!(r.status, Status::Failure);
     assert_eq!(
         r.error.as_deref(),
-        Some("unknown task 'nope'; known: add, blocker, boom, flaky, record, single, sleeper")
+        Some(
+            "unknown task 'nope'; known: add, blocker, boom, exhausts, flaky, record, single, sleeper"
+        )
     );
     let url = cp.client.endpoints().submit(Priority::Normal).to_owned();
     let reply = fastworker::transport::request(&url, b"not json", Duration::from_secs(5))
@@ -506,5 +513,72 @@ async fn a_delayed_task_is_answered_at_once_and_runs_once_at_its_eta() {
         "not before its eta"
     );
     assert_eq!(recorded(&fx), [json!("later")], "run once");
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delayed_tasks_run_in_eta_order() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |c| c.concurrency = 1).await;
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for (name, ms) in [("third", 600), ("first", 200), ("second", 400)] {
+        let mut task = wire_task("record", vec![json!(name)]);
+        task.eta = Some((now + chrono::TimeDelta::milliseconds(ms)).to_rfc3339());
+        let ack = cp.client.submit_ack(task, None).await.expect("ack");
+        assert_eq!(ack.status, Some(Status::Scheduled));
+        ids.push(ack.task_id);
+    }
+    for id in &ids {
+        cp.wait_status(id, Status::Success).await;
+    }
+    assert_eq!(
+        recorded(&fx),
+        ["first", "second", "third"].map(|s| json!(s))
+    );
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_run_out_with_the_last_error_and_every_attempt_recorded() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let r = cp.submit("exhausts", vec![], None).await;
+    assert_eq!(r.status, Status::Failure);
+    assert_eq!(r.error.as_deref(), Some("failed (exit code 7)"));
+    let record = cp.record(&r.task_id).await;
+    let attempts: Vec<(u64, &str)> = record
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap_or(0),
+                a["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(attempts, [(1, "failed"), (2, "failed"), (3, "failed")]);
+    for a in &record.attempts {
+        assert_eq!(a["stderr"], "giving up\n");
+        assert!(a["started_at"].is_string() && a["finished_at"].is_string());
+    }
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_repeating_an_id_is_refused() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let task = wire_task("record", vec![json!(1)]);
+    let reply = cp
+        .client
+        .submit_batch(&[task.clone(), task.clone()], Priority::Normal)
+        .await
+        .expect("reply");
+    assert!(!reply.batch_accepted);
+    assert_eq!(
+        reply.error.unwrap_or_default(),
+        format!("task id {} appears twice in one submit", task.id)
+    );
     cp.stop().await;
 }

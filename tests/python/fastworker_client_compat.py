@@ -57,6 +57,13 @@ async def callbacks(client):
         assert (message["task_id"], message["status"]) == (task_id, "failure"), message
         assert "ValueError: kaput" in message["error"], message
 
+        # Many finishing together: every one arrives.
+        ids = set()
+        for i in range(10):
+            ids.add(await client.delay_with_callback("add", address, i, 0))
+        got = {(await receive(listener))["task_id"] for _ in range(10)}
+        assert got == ids, (len(got), len(ids))
+
     # A receiver that starts listening only after the task has finished.
     late = free_address()
     task_id = await client.delay_with_callback("add", late, 1, 1)
