@@ -49,23 +49,6 @@ async fn bench(n: usize) {
     .expect("manifest");
     let manifest = Arc::new(Manifest::load(&path).unwrap_or_else(|e| panic!("{e}")));
 
-    let shutdown = CancellationToken::new();
-    let mut attempt = 0u16;
-    let (cp, base) = loop {
-        // Ports from the process id, moving on when they are taken.
-        let port = 40_000 + ((std::process::id() as u16).wrapping_add(attempt * 7) % 20_000);
-        let base = format!("tcp://127.0.0.1:{port}");
-        let mut config = Config::new(&base, &format!("tcp://127.0.0.1:{}", port + 6));
-        config.concurrency = 2;
-        match control_plane::start(config, Arc::clone(&manifest), shutdown.clone()).await {
-            Ok(cp) => break (cp, base),
-            Err(e) if attempt < 20 => eprintln!("trying other ports: {e}"),
-            Err(e) => panic!("{e}"),
-        }
-        attempt += 1;
-    };
-    let client = Arc::new(Client::new(&base, Duration::from_secs(30)).expect("client"));
-
     println!("| measurement | n | tasks/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");
 
@@ -90,32 +73,85 @@ async fn bench(n: usize) {
     );
     executor.shutdown().await;
 
-    // Warm the control plane's pool.
-    submit(&client, 0).await;
+    // The same submits with the journal (every accepted task on disk before
+    // it is acknowledged) and without it (--no-journal).
+    for journal in [true, false] {
+        let data = tempfile::tempdir().expect("data dir");
+        let data_dir = journal.then(|| data.path().to_path_buf());
+        let label = if journal { "journal" } else { "no journal" };
+        let (cp, base, shutdown) = start_control_plane(&manifest, data_dir).await;
+        let client = Arc::new(Client::new(&base, Duration::from_secs(30)).expect("client"));
+        submits(&cp, &client, n, label).await;
+        if !journal {
+            cli(&base).await;
+        }
+        shutdown.cancel();
+        cp.wait().await;
+    }
+    println!();
+    println!(
+        "machine: {} cores; control plane: concurrency 2, pool_size 2; loopback TCP",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+}
+
+/// A control plane on fresh ports.
+async fn start_control_plane(
+    manifest: &Arc<Manifest>,
+    data_dir: Option<std::path::PathBuf>,
+) -> (control_plane::ControlPlane, String, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let mut attempt = 0u16;
+    loop {
+        // Ports from the process id, moving on when they are taken.
+        let port = 40_000 + ((std::process::id() as u16).wrapping_add(attempt * 7) % 20_000);
+        let base = format!("tcp://127.0.0.1:{port}");
+        let mut config = Config::new(&base, &format!("tcp://127.0.0.1:{}", port + 6));
+        config.concurrency = 2;
+        config.data_dir = data_dir.clone();
+        match control_plane::start(config, Arc::clone(manifest), shutdown.clone()).await {
+            Ok(cp) => return (cp, base, shutdown),
+            Err(e) if attempt < 20 => eprintln!("trying other ports: {e}"),
+            Err(e) => panic!("{e}"),
+        }
+        attempt += 1;
+    }
+}
+
+async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usize, label: &str) {
+    submit(client, 0).await; // warm the pool
     let mut lat = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        submit(&client, i).await;
+        submit(client, i).await;
         lat.push(t.elapsed());
     }
-    row("blocking submit, sequential", n, start.elapsed(), &mut lat);
-
-    let (elapsed, mut lat) = concurrent(&client, n, 32, false).await;
-    row("blocking submit, 32 in flight", n, elapsed, &mut lat);
-
-    let (elapsed, mut lat) = concurrent(&client, n, 32, true).await;
     row(
-        "ack-mode submit (accepted, not awaited), 32 in flight",
+        &format!("{label}: blocking submit, sequential"),
+        n,
+        start.elapsed(),
+        &mut lat,
+    );
+
+    let (elapsed, mut lat) = concurrent(client, n, 32, false).await;
+    row(
+        &format!("{label}: blocking submit, 32 in flight"),
         n,
         elapsed,
         &mut lat,
     );
-    // Let the acked tasks finish before measuring the next thing.
-    idle(&cp).await;
 
-    // Batch submits: accepted per message of 1000 (the CLI's --batch-size),
-    // then run; the second figure includes running every task.
+    let (elapsed, mut lat) = concurrent(client, n, 32, true).await;
+    row(
+        &format!("{label}: ack-mode submit, 32 in flight (accepted)"),
+        n,
+        elapsed,
+        &mut lat,
+    );
+    idle(cp).await;
+
+    // Batches of 1000 (the CLI's --batch-size): accepted, then all run.
     let tasks: Vec<WireTask> = (0..n * 4).map(task).collect();
     let start = Instant::now();
     let mut lat = Vec::new();
@@ -129,27 +165,29 @@ async fn bench(n: usize) {
         lat.push(t.elapsed());
     }
     row(
-        "batch submit, 1000 tasks a message: accepted (p = per message)",
+        &format!("{label}: batch submit, 1000 a message: accepted (p = per message)"),
         tasks.len(),
         start.elapsed(),
         &mut lat,
     );
-    idle(&cp).await;
+    idle(cp).await;
     let mut lat = vec![start.elapsed()];
     row(
-        "batch submit: accepted and all run",
+        &format!("{label}: batch submit: accepted and all run"),
         tasks.len(),
         start.elapsed(),
         &mut lat,
     );
+}
 
+async fn cli(base: &str) {
     let runs = 30;
     let mut lat = Vec::with_capacity(runs);
     let start = Instant::now();
     for _ in 0..runs {
         let t = Instant::now();
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fastworker"))
-            .args(["submit", "--base-address", &base, "add", "5", "3"])
+            .args(["submit", "--base-address", base, "add", "5", "3"])
             .output()
             .await
             .expect("fastworker submit");
@@ -162,14 +200,6 @@ async fn bench(n: usize) {
         start.elapsed(),
         &mut lat,
     );
-
-    println!();
-    println!(
-        "machine: {} cores; control plane: concurrency 2, pool_size 2; loopback TCP",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    shutdown.cancel();
-    cp.wait().await;
 }
 
 /// Waits until nothing is queued or running.
