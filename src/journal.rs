@@ -13,9 +13,8 @@
 //! carry a completion that fires once the change is on disk: that is how a
 //! submit is acknowledged only after it is durable.
 //!
-//! Status: the module is complete and tested on its own; the control plane
-//! does not use it yet (replay on start, pruning and the `--data-dir` flag
-//! come with it).
+//! The control plane owns one (`--data-dir`): see `control_plane::core` for
+//! what it records and when, and for the replay on start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -127,13 +127,11 @@ fn read(file: &Path, priority: Option<Priority>) -> Result<Vec<WireTask>, String
         let at = |e: String| format!("{name}:{}: {e}", n + 1);
         let spec: Spec = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
         let eta = match (spec.countdown, spec.eta) {
-            (Some(secs), _) if secs.is_finite() && secs >= 0.0 => Some(
-                (chrono::Utc::now() + chrono::TimeDelta::milliseconds((secs * 1000.0) as i64))
-                    .to_rfc3339(),
-            ),
-            (Some(secs), _) => {
-                return Err(at(format!("countdown {secs} is not a number of seconds")));
-            }
+            (Some(secs), _) => Some(super::remote::countdown_eta(secs).ok_or_else(|| {
+                at(format!(
+                    "countdown takes seconds from now, from 0 up to 100 years (got {secs:e})"
+                ))
+            })?),
             (None, Some(eta)) => Some(protocol::parse_time(&eta).map_err(at)?.to_rfc3339()),
             (None, None) => None,
         };

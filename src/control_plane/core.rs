@@ -232,7 +232,9 @@ impl Core {
             requeued += 1;
         }
         self.forget(forgotten);
-        tracing::info!(finished, requeued, "journal replayed");
+        if self.journal.is_some() {
+            tracing::info!(finished, requeued, "journal replayed");
+        }
     }
 
     /// Records `records` in the journal; `done` fires once they are on disk
@@ -268,6 +270,8 @@ impl Core {
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let mut sweep = tokio::time::interval_at(Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
         let mut kill_at: Option<Instant> = None;
+        // Tasks taken back from the journal start now, not at the first event.
+        self.dispatch();
         loop {
             let next_timer = self.timers.first().map(|(at, _, _)| *at);
             tokio::select! {
@@ -742,8 +746,13 @@ impl Core {
             );
             for active in self.active.values_mut() {
                 if active.running.is_none() && active.finishing.is_none() {
+                    let mut record = active.record.clone();
+                    record.error = Some(format!(
+                        "the control plane is shutting down; the task stays {} in the journal and runs after the next start",
+                        record.status.as_str()
+                    ));
                     for waiter in active.waiters.drain(..) {
-                        let _ = waiter.send(active.record.clone());
+                        let _ = waiter.send(record.clone());
                     }
                 }
             }

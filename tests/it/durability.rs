@@ -66,6 +66,18 @@ async fn a_restart_keeps_waiting_tasks_and_finished_results() {
     );
 
     let cp = TestControlPlane::start(&fx, with_journal).await;
+    // Taken-back tasks start at once, without any request to wake the core.
+    assert!(
+        crate::helpers::wait_for(Duration::from_secs(20), || {
+            std::fs::read_to_string(fx.path("record.log"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+                == 3
+        })
+        .await,
+        "the queued tasks ran after the restart"
+    );
     for id in &queued {
         cp.wait_status(id, Status::Success).await;
     }
