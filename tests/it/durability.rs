@@ -138,7 +138,7 @@ async fn control_plane(fx: &Fixture) -> (tokio::process::Child, fastworker::clie
             return (child, client);
         }
         assert_contains(&first, "cannot start the control plane");
-        assert!(!first.contains("in use"), "{first}");
+        assert!(!first.contains("in use by another process"), "{first}");
         let _ = child.wait().await;
     }
 }
