@@ -73,14 +73,14 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub id: Option<String>,
     /// Run the task this many seconds from now (answered at once with its id)
-    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["eta", "json", "non_blocking"], allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["eta", "json", "non_blocking", "timeout"], allow_negative_numbers = true)]
     pub countdown: Option<f64>,
     /// Run the task at this time, RFC 3339 (answered at once with its id)
-    #[arg(long, value_name = "TIME", conflicts_with_all = ["json", "non_blocking"])]
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["json", "non_blocking", "timeout"])]
     pub eta: Option<String>,
     /// Submit the tasks in FILE instead (JSON lines: {"task_name", "args",
     /// "kwargs", "priority", "eta", "countdown", "id"}; - for stdin); prints their ids
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["task", "task_name", "id", "countdown", "eta", "flag_args", "kwargs", "json", "non_blocking"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["task", "task_name", "id", "countdown", "eta", "flag_args", "kwargs", "json", "non_blocking", "timeout"])]
     pub batch: Option<std::path::PathBuf>,
     /// With --batch: tasks per message (each message is accepted whole or not at all)
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]

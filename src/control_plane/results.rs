@@ -17,6 +17,8 @@ use crate::protocol::TaskRecord;
 pub struct ResultCache {
     records: LruCache<String, (TaskRecord, Instant)>,
     ttl: Duration,
+    /// Expired records dropped on a read, reported by the next sweep.
+    dropped: Vec<String>,
 }
 
 impl ResultCache {
@@ -24,6 +26,7 @@ impl ResultCache {
         ResultCache {
             records: LruCache::new(capacity),
             ttl,
+            dropped: Vec::new(),
         }
     }
 
@@ -48,15 +51,17 @@ impl ResultCache {
         let expired = self.records.peek(task_id)?.1 <= Instant::now();
         if expired {
             self.records.pop(task_id);
+            self.dropped.push(task_id.to_owned());
             return None;
         }
         self.records.get(task_id).map(|(record, _)| record)
     }
 
-    /// Drops every expired record; returns their ids.
+    /// Drops every expired record; returns their ids (and those of records
+    /// that expired and were dropped on a read since the last sweep).
     pub fn sweep(&mut self) -> Vec<String> {
         let now = Instant::now();
-        let expired: Vec<String> = self
+        let mut expired: Vec<String> = self
             .records
             .iter()
             .filter(|(_, (_, expires))| *expires <= now)
@@ -65,6 +70,7 @@ impl ResultCache {
         for id in &expired {
             self.records.pop(id);
         }
+        expired.append(&mut self.dropped);
         expired
     }
 
@@ -142,7 +148,11 @@ mod tests {
         assert!(c.get("a").is_none(), "expired when read");
         assert_eq!(c.len(), 1);
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert_eq!(c.sweep(), ["b"], "expired when swept");
+        assert_eq!(
+            c.sweep(),
+            ["b", "a"],
+            "expired when swept, and when read before"
+        );
         assert!(c.is_empty());
     }
 }
