@@ -2,13 +2,14 @@
 //! `submit`, `status`, `cancel`, `list --remote`, discovery, an unreachable
 //! address, and SIGTERM on a real `control-plane` process.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{BIN, Fixture, KillOnDrop, TestControlPlane, assert_contains, rand_u16};
+use crate::helpers::{
+    BIN, Fixture, KillOnDrop, TestControlPlane, assert_contains, spawn_control_plane,
+};
 
 const MANIFEST: &str = r#"
 [tasks.add]
@@ -188,44 +189,6 @@ async fn an_unreachable_control_plane_is_a_clear_error() {
     assert_contains(&err(&o), "is `fastworker control-plane` running");
 }
 
-/// A real `fastworker control-plane` process on fresh ports (retrying if
-/// they are taken), with concurrency 1; returns once it is ready.
-async fn spawn_control_plane(fx: &Fixture) -> (tokio::process::Child, String) {
-    loop {
-        let port = 20_000 + rand_u16() % 40_000;
-        let base = format!("tcp://127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(BIN)
-            .args([
-                "control-plane",
-                "--base-address",
-                &base,
-                "--concurrency",
-                "1",
-            ])
-            .args([
-                "--discovery-address",
-                &format!("tcp://127.0.0.1:{}", port + 6),
-            ])
-            .arg("--manifest")
-            .arg(fx.manifest_path())
-            .arg("--data-dir")
-            .arg(fx.path("data"))
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let first = lines.next_line().await.expect("read").unwrap_or_default();
-        if first.contains("ready") {
-            // Keep draining stderr so the process never blocks on it.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return (child, base);
-        }
-        assert_contains(&first, "cannot start the control plane");
-        let _ = child.wait().await;
-    }
-}
-
 fn signal(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
     nix::sys::signal::kill(pid, signal).expect("signal");
@@ -234,7 +197,7 @@ fn signal(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_running_tasks_finish_and_exits_0() {
     let fx = Fixture::new(MANIFEST);
-    let (mut child, base) = spawn_control_plane(&fx).await;
+    let (mut child, base) = spawn_control_plane(&fx, 1).await;
     let _guard = KillOnDrop(child.id().expect("pid"));
     let id = uuid::Uuid::new_v4().to_string();
     let submit = {
@@ -285,7 +248,7 @@ async fn sigterm_lets_running_tasks_finish_and_exits_0() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_cancels_running_tasks() {
     let fx = Fixture::new(MANIFEST);
-    let (mut child, base) = spawn_control_plane(&fx).await;
+    let (mut child, base) = spawn_control_plane(&fx, 1).await;
     let _guard = KillOnDrop(child.id().expect("pid"));
     let id = uuid::Uuid::new_v4().to_string();
     let submit = {

@@ -2,15 +2,14 @@
 //! and no finished result is reported twice with different values.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use fastworker::protocol::Status;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::{
-    BIN, Fixture, KillOnDrop, TestControlPlane, assert_contains, rand_u16, wire_task,
+    Fixture, KillOnDrop, TestControlPlane, assert_contains, rand_u16, spawn_control_plane,
+    wire_task,
 };
 
 const MANIFEST: &str = r#"
@@ -104,43 +103,11 @@ async fn futures_ids(cp: &TestControlPlane, n: usize) -> Vec<String> {
     ids
 }
 
-/// Starts the real binary on `data`, on fresh ports.
+/// The real binary on `fx`'s data dir, and a client of it.
 async fn control_plane(fx: &Fixture) -> (tokio::process::Child, fastworker::client::Client) {
-    loop {
-        let port = 20_000 + rand_u16() % 40_000;
-        let base = format!("tcp://127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(BIN)
-            .args([
-                "control-plane",
-                "--base-address",
-                &base,
-                "--concurrency",
-                "2",
-            ])
-            .args([
-                "--discovery-address",
-                &format!("tcp://127.0.0.1:{}", port + 6),
-            ])
-            .arg("--manifest")
-            .arg(fx.manifest_path())
-            .arg("--data-dir")
-            .arg(fx.path("data"))
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let first = lines.next_line().await.expect("read").unwrap_or_default();
-        if first.contains("ready") {
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            let client =
-                fastworker::client::Client::new(&base, Duration::from_secs(10)).expect("client");
-            return (child, client);
-        }
-        assert_contains(&first, "cannot start the control plane");
-        assert!(!first.contains("in use by another process"), "{first}");
-        let _ = child.wait().await;
-    }
+    let (child, base) = spawn_control_plane(fx, 2).await;
+    let client = fastworker::client::Client::new(&base, Duration::from_secs(10)).expect("client");
+    (child, client)
 }
 
 #[tokio::test(flavor = "multi_thread")]

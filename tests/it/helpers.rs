@@ -295,3 +295,43 @@ pub fn wire_task(name: &str, args: Vec<Value>) -> fastworker::protocol::WireTask
         reply: Default::default(),
     }
 }
+
+/// A real `fastworker control-plane` process on `fx`'s manifest, with its
+/// data dir in `fx`, on fresh ports (retrying when they are taken); returns
+/// once it has said it is ready, with its base address.
+pub async fn spawn_control_plane(
+    fx: &Fixture,
+    concurrency: u32,
+) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    loop {
+        let port = 20_000 + rand_u16() % 40_000;
+        let base = format!("tcp://127.0.0.1:{port}");
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["control-plane", "--base-address", &base])
+            .args(["--concurrency", &concurrency.to_string()])
+            .args([
+                "--discovery-address",
+                &format!("tcp://127.0.0.1:{}", port + 6),
+            ])
+            .arg("--manifest")
+            .arg(fx.manifest_path())
+            .arg("--data-dir")
+            .arg(fx.path("data"))
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let first = lines.next_line().await.expect("read").unwrap_or_default();
+        if first.contains("ready") {
+            // Keep draining stderr so the process never blocks on it.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return (child, base);
+        }
+        // A busy port: try others. Anything else (the journal in use) is fatal.
+        assert_contains(&first, "cannot start the control plane");
+        assert!(!first.contains("in use by another process"), "{first}");
+        let _ = child.wait().await;
+    }
+}
