@@ -256,6 +256,23 @@ impl Core {
         }
     }
 
+    /// Runs `then` once everything handed to the journal so far is on disk
+    /// (at once without a journal). The writer commits in order, so an empty
+    /// write completes after every earlier one.
+    fn after_durable(&self, then: impl FnOnce() + Send + 'static) {
+        match &self.journal {
+            Some(journal) => {
+                let (done, on_disk) = oneshot::channel();
+                journal.write(Vec::new(), Some(done));
+                tokio::spawn(async move {
+                    let _ = on_disk.await;
+                    then();
+                });
+            }
+            None => then(),
+        }
+    }
+
     /// Drops records from the journal (their results expired or were evicted).
     fn forget(&self, task_ids: Vec<String>) {
         if let (Some(journal), false) = (&self.journal, task_ids.is_empty()) {
@@ -320,8 +337,13 @@ impl Core {
             Command::Get { task_id, respond } => {
                 let _ = respond.send(self.get(&task_id));
             }
+            // A cancel is answered once it is durable: a crash right after
+            // it must not bring the task back.
             Command::Cancel { task_id, respond } => {
-                let _ = respond.send(self.cancel(&task_id));
+                let reply = self.cancel(&task_id);
+                self.after_durable(move || {
+                    let _ = respond.send(reply);
+                });
             }
             Command::Stats { respond } => {
                 let _ = respond.send(Stats {
@@ -690,8 +712,15 @@ impl Core {
             }
             if let Some(token) = &active.running {
                 // Its process group is stopped; the attempt then ends cancelled.
+                // The journal says cancelled at once, so that a replay after a
+                // crash does not run it again.
                 active.cancel_requested = true;
                 token.cancel();
+                let mut cancelled = active.record.clone();
+                cancelled.status = Status::Cancelled;
+                cancelled.error = Some("cancelled".to_owned());
+                cancelled.finished_at = Some(Utc::now());
+                self.persist(vec![cancelled], None);
                 return reply(true, Status::Running, None);
             }
             self.queue.remove(task_id);

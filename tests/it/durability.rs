@@ -199,3 +199,97 @@ async fn kill_9_at_random_moments_loses_no_accepted_task() {
     assert!(!reported.is_empty(), "results were seen before the crashes");
     assert!(rerun > 0, "some crash interrupted a running task");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_survives_kill_9() {
+    let fx = Fixture::new(MANIFEST);
+    let (mut child, client) = control_plane(&fx).await;
+    let guard = KillOnDrop(child.id().expect("pid"));
+    let running = client
+        .submit_ack(wire_task("blocker", vec![]), None)
+        .await
+        .expect("ack");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while client
+        .status(&running.task_id)
+        .await
+        .expect("status")
+        .task
+        .map(|t| t.status)
+        != Some(Status::Running)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the blocker never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The second slot is free (concurrency 2): hold it with another blocker
+    // so that the recorded task stays queued.
+    let second = client
+        .submit_ack(wire_task("blocker", vec![]), None)
+        .await
+        .expect("ack");
+    let queued = client
+        .submit_ack(wire_task("record", vec![json!("cancelled")]), None)
+        .await
+        .expect("ack");
+    assert!(
+        client
+            .cancel(&queued.task_id)
+            .await
+            .expect("cancel")
+            .cancelled
+    );
+    assert!(
+        client
+            .cancel(&running.task_id)
+            .await
+            .expect("cancel")
+            .cancelled
+    );
+    // Crash right after the cancels were answered.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let _ = child.wait().await;
+    drop(guard);
+
+    let (_child, client) = control_plane(&fx).await;
+    for id in [&queued.task_id, &running.task_id] {
+        let task = client
+            .status(id)
+            .await
+            .expect("status")
+            .task
+            .expect("known");
+        assert_eq!(
+            task.status,
+            Status::Cancelled,
+            "task {id} came back after the crash"
+        );
+    }
+    // The uncancelled blocker was re-run; let it (and any orphan) finish.
+    std::fs::write(fx.path("release"), "").expect("release");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while client
+        .status(&second.task_id)
+        .await
+        .expect("status")
+        .task
+        .map(|t| t.status)
+        != Some(Status::Success)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second blocker never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !fx.path("record.log").exists(),
+        "the cancelled queued task never ran"
+    );
+}
