@@ -225,27 +225,8 @@ mod tests {
     use crate::manifest::Priority;
     use crate::protocol::Status;
 
-    fn record(id: &str, status: Status) -> TaskRecord {
-        TaskRecord {
-            task_id: id.into(),
-            name: "add".into(),
-            status,
-            priority: Priority::High,
-            args: vec![serde_json::json!(1), serde_json::json!(2)],
-            kwargs: Default::default(),
-            submitted_at: chrono::Utc::now(),
-            eta: None,
-            started_at: None,
-            finished_at: None,
-            result: serde_json::Value::Null,
-            error: None,
-            attempts: vec![],
-            callback: None,
-        }
-    }
-
     fn put(id: &str, status: Status) -> Change {
-        Change::Put(Box::new(record(id, status)))
+        Change::Put(Box::new(TaskRecord::sample(id, status)))
     }
 
     async fn write(journal: &Journal, changes: Vec<Change>) {

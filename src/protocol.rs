@@ -346,6 +346,29 @@ impl TaskRecord {
     }
 }
 
+#[cfg(test)]
+impl TaskRecord {
+    /// A queued `add(1, 2)` record, for unit tests.
+    pub fn sample(task_id: &str, status: Status) -> TaskRecord {
+        TaskRecord {
+            task_id: task_id.into(),
+            name: "add".into(),
+            status,
+            priority: Priority::High,
+            args: vec![Value::from(1), Value::from(2)],
+            kwargs: Map::new(),
+            submitted_at: Utc::now(),
+            eta: None,
+            started_at: None,
+            finished_at: None,
+            result: Value::Null,
+            error: None,
+            attempts: Vec::new(),
+            callback: None,
+        }
+    }
+}
+
 /// fastworker extension: the reply to a status query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {

@@ -29,10 +29,6 @@ pub async fn dispatch(cli: Cli) -> u8 {
     }
 }
 
-pub(super) fn load(path: Option<&Path>) -> Result<Manifest, ManifestError> {
-    Manifest::discover(path)
-}
-
 pub(super) fn report_manifest_error(e: &ManifestError) {
     match e {
         ManifestError::Invalid { problems } => {
@@ -45,7 +41,7 @@ pub(super) fn report_manifest_error(e: &ManifestError) {
 }
 
 async fn run(manifest: Option<&Path>, args: RunArgs) -> u8 {
-    let manifest = match load(manifest) {
+    let manifest = match Manifest::discover(manifest) {
         Ok(m) => m,
         Err(e) => {
             report_manifest_error(&e);
@@ -170,7 +166,7 @@ fn print_failure(e: &Execution) {
 }
 
 fn list(manifest: Option<&Path>, args: &ListArgs) -> u8 {
-    let manifest = match load(manifest) {
+    let manifest = match Manifest::discover(manifest) {
         Ok(m) => m,
         Err(e) => {
             report_manifest_error(&e);
@@ -249,7 +245,7 @@ pub(super) fn print_table(header: &[&str; 4], rows: &[[String; 4]]) {
 }
 
 fn check(manifest: Option<&Path>) -> u8 {
-    let manifest = match load(manifest) {
+    let manifest = match Manifest::discover(manifest) {
         Ok(m) => m,
         Err(e) => {
             report_manifest_error(&e);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::commands::{EXIT_UNUSABLE, load, report_manifest_error};
+use super::commands::{EXIT_UNUSABLE, report_manifest_error};
 use super::parse_duration;
 use crate::control_plane::{self, Config, CoreHandle};
 
@@ -68,7 +68,7 @@ pub struct ControlPlaneArgs {
 }
 
 pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u8 {
-    let manifest = match load(manifest) {
+    let manifest = match crate::manifest::Manifest::discover(manifest) {
         Ok(m) => Arc::new(m),
         Err(e) => {
             report_manifest_error(&e);

@@ -91,26 +91,10 @@ impl ResultCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Priority;
     use crate::protocol::Status;
 
     fn record(id: &str) -> TaskRecord {
-        TaskRecord {
-            task_id: id.into(),
-            name: "t".into(),
-            status: Status::Success,
-            priority: Priority::Normal,
-            args: vec![],
-            kwargs: Default::default(),
-            submitted_at: chrono::Utc::now(),
-            eta: None,
-            started_at: None,
-            finished_at: None,
-            result: serde_json::Value::Null,
-            error: None,
-            attempts: vec![],
-            callback: None,
-        }
+        TaskRecord::sample(id, Status::Success)
     }
 
     fn cache(cap: usize, ttl: Duration) -> ResultCache {

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::helpers::{
     BIN, Fixture, KillOnDrop, TestControlPlane, assert_contains, spawn_control_plane,
+    wait_for_async,
 };
 
 const MANIFEST: &str = r#"
@@ -138,21 +139,6 @@ async fn submit_status_cancel_and_list_from_the_command_line() {
     cp.stop().await;
 }
 
-async fn wait_for_async<F, Fut>(mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_finds_the_control_plane_by_discovery() {
     let fx = Fixture::new(MANIFEST);
@@ -194,11 +180,17 @@ fn signal(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(pid, signal).expect("signal");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_running_tasks_finish_and_exits_0() {
-    let fx = Fixture::new(MANIFEST);
-    let (mut child, base) = spawn_control_plane(&fx, 1).await;
-    let _guard = KillOnDrop(child.id().expect("pid"));
+/// A real control plane (concurrency 1) draining after a SIGTERM while a
+/// blocking `submit blocker --json` waits on its running task: returns the
+/// process, its base address, and the pending submit.
+async fn draining_with_a_blocker(
+    fx: &Fixture,
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::task::JoinHandle<Output>,
+) {
+    let (child, base) = spawn_control_plane(fx, 1).await;
     let id = uuid::Uuid::new_v4().to_string();
     let submit = {
         let (base, id) = (base.clone(), id.clone());
@@ -223,6 +215,7 @@ async fn sigterm_lets_running_tasks_finish_and_exits_0() {
         "the blocker runs"
     );
     signal(&child, nix::sys::signal::Signal::SIGTERM);
+    // Waiting for the drain also keeps a later signal from merging with this one.
     assert!(
         wait_for_async(|| async {
             let o = fastworker(&["submit", "--base-address", &base, "add", "1", "1"]).await;
@@ -231,6 +224,22 @@ async fn sigterm_lets_running_tasks_finish_and_exits_0() {
         .await,
         "new submits are refused while draining"
     );
+    (child, base, submit)
+}
+
+async fn exit_code(child: &mut tokio::process::Child) -> Option<i32> {
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait")
+        .code()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_running_tasks_finish_and_exits_0() {
+    let fx = Fixture::new(MANIFEST);
+    let (mut child, _base, submit) = draining_with_a_blocker(&fx).await;
+    let _guard = KillOnDrop(child.id().expect("pid"));
     std::fs::write(fx.path("release"), "").expect("release");
     let o = submit.await.expect("join");
     let r: Value = serde_json::from_str(&out(&o)).expect("json");
@@ -238,60 +247,20 @@ async fn sigterm_lets_running_tasks_finish_and_exits_0() {
         (r["status"].as_str(), r["result"].as_str()),
         (Some("success"), Some("released"))
     );
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(&mut child).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_cancels_running_tasks() {
     let fx = Fixture::new(MANIFEST);
-    let (mut child, base) = spawn_control_plane(&fx, 1).await;
-    let _guard = KillOnDrop(child.id().expect("pid"));
-    let id = uuid::Uuid::new_v4().to_string();
-    let submit = {
-        let (base, id) = (base.clone(), id.clone());
-        tokio::spawn(async move {
-            fastworker(&[
-                "submit",
-                "--base-address",
-                &base,
-                "--id",
-                &id,
-                "blocker",
-                "--json",
-            ])
-            .await
-        })
-    };
     // The blocker is never released: only a second signal ends it.
-    assert!(
-        wait_for_async(|| async {
-            out(&fastworker(&["status", "--base-address", &base, &id]).await).contains("running")
-        })
-        .await,
-        "the blocker runs"
-    );
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    // Signals sent back to back may arrive as one: wait for the drain first.
-    assert!(
-        wait_for_async(|| async {
-            let o = fastworker(&["submit", "--base-address", &base, "add", "1", "1"]).await;
-            err(&o).contains("the control plane is shutting down")
-        })
-        .await
-    );
+    let (mut child, _base, submit) = draining_with_a_blocker(&fx).await;
+    let _guard = KillOnDrop(child.id().expect("pid"));
     signal(&child, nix::sys::signal::Signal::SIGTERM);
     let o = submit.await.expect("join");
     let r: Value = serde_json::from_str(&out(&o)).expect("json");
     assert_eq!(r["status"], "cancelled");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(exit_code(&mut child).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     Fixture, KillOnDrop, TestControlPlane, assert_contains, rand_u16, spawn_control_plane,
-    wire_task,
+    wait_status, wire_task,
 };
 
 const MANIFEST: &str = r#"
@@ -209,21 +209,7 @@ async fn a_cancel_survives_kill_9() {
         .submit_ack(wire_task("blocker", vec![]), None)
         .await
         .expect("ack");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while client
-        .status(&running.task_id)
-        .await
-        .expect("status")
-        .task
-        .map(|t| t.status)
-        != Some(Status::Running)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the blocker never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_status(&client, &running.task_id, Status::Running).await;
     // The second slot is free (concurrency 2): hold it with another blocker
     // so that the recorded task stays queued.
     let second = client
@@ -273,21 +259,7 @@ async fn a_cancel_survives_kill_9() {
     }
     // The uncancelled blocker was re-run; let it (and any orphan) finish.
     std::fs::write(fx.path("release"), "").expect("release");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while client
-        .status(&second.task_id)
-        .await
-        .expect("status")
-        .task
-        .map(|t| t.status)
-        != Some(Status::Success)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second blocker never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_status(&client, &second.task_id, Status::Success).await;
     assert!(
         !fx.path("record.log").exists(),
         "the cancelled queued task never ran"

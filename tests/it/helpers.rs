@@ -249,24 +249,7 @@ impl TestControlPlane {
 
     /// Polls the task's status until it is `status`.
     pub async fn wait_status(&self, task_id: &str, status: fastworker::protocol::Status) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let now = self
-                .client
-                .status(task_id)
-                .await
-                .expect("status")
-                .task
-                .map(|t| t.status);
-            if now == Some(status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {task_id} is {now:?}, never {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_status(&self.client, task_id, status).await;
     }
 }
 
@@ -334,4 +317,45 @@ pub async fn spawn_control_plane(
         assert!(!first.contains("in use by another process"), "{first}");
         let _ = child.wait().await;
     }
+}
+
+/// Polls a task's status on a control plane until it is `status` (20 s at most).
+pub async fn wait_status(
+    client: &fastworker::client::Client,
+    task_id: &str,
+    status: fastworker::protocol::Status,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = client
+            .status(task_id)
+            .await
+            .expect("status")
+            .task
+            .map(|t| t.status);
+        if now == Some(status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {task_id} is {now:?}, never {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls an async condition until it holds or 20 s pass; returns whether it held.
+pub async fn wait_for_async<F, Fut>(mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
