@@ -8,8 +8,15 @@
 //! 2. blocking submits, sequential, each on a new REQ socket as the CLI and
 //!    FastWorker's Python client do: tasks/s and latency percentiles;
 //! 3. blocking submits, 32 in flight;
-//! 4. ack-mode submits (accepted, not waited for), 32 in flight;
+//! 4. ack-mode submits (accepted, not waited for), 32 in flight: the rate
+//!    they are accepted at, and the rate they are accepted and run at;
 //! 5. the `fastworker submit add 5 3` command, process start to exit.
+//!
+//! Steps 2–4, and batches of 1000 (accepted; accepted and run), are measured
+//! with the journal and with `--no-journal`, each on a fresh control plane,
+//! in `ROUNDS` alternating rounds: on this 2-core VM a rate swings by tens of
+//! percent from one run to the next, more than the journal's cost. Medians
+//! are shown, and the journal's share is the median of the per-round ratios.
 //!
 //! Results go to stdout as Markdown (docs/benchmarks.md holds a copy).
 
@@ -24,17 +31,29 @@ use fastworker::protocol::{Status, WireTask};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+const ROUNDS: usize = 5;
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let n = if quick { 500 } else { 3000 };
+    let (n, rounds) = if quick { (500, 3) } else { (3000, ROUNDS) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(bench(n));
+    runtime.block_on(bench(n, rounds));
 }
 
-async fn bench(n: usize) {
+/// One measured path: its rate and latencies.
+#[derive(Debug, Clone)]
+struct Row {
+    what: &'static str,
+    n: usize,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+async fn bench(n: usize, rounds: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(
         dir.path().join("bench_tasks.py"),
@@ -65,34 +84,92 @@ async fn bench(n: usize) {
         assert!(e.outcome.is_success());
         lat.push(t.elapsed());
     }
-    row(
+    print_row(&row(
         "executor alone, sequential (no network)",
         n,
         start.elapsed(),
         &mut lat,
-    );
+    ));
     executor.shutdown().await;
 
     // The same submits with the journal (every accepted task on disk before
-    // it is acknowledged) and without it (--no-journal).
-    for journal in [true, false] {
-        let data = tempfile::tempdir().expect("data dir");
-        let data_dir = journal.then(|| data.path().to_path_buf());
-        let label = if journal { "journal" } else { "no journal" };
-        let (cp, base, shutdown) = start_control_plane(&manifest, data_dir).await;
-        let client = Arc::new(Client::new(&base, Duration::from_secs(30)).expect("client"));
-        submits(&cp, &client, n, label).await;
-        if !journal {
-            cli(&base).await;
+    // it is acknowledged) and without it (--no-journal), in alternating
+    // rounds, each on a fresh control plane.
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for journal in order {
+            let data = tempfile::tempdir().expect("data dir");
+            let data_dir = journal.then(|| data.path().to_path_buf());
+            let (cp, base, shutdown) = start_control_plane(&manifest, data_dir).await;
+            let client = Arc::new(Client::new(&base, Duration::from_secs(30)).expect("client"));
+            let rows = submits(&cp, &client, n).await;
+            if journal {
+                with.push(rows);
+            } else {
+                without.push(rows);
+            }
+            if round == 0 && !journal {
+                cli(&base).await;
+            }
+            shutdown.cancel();
+            cp.wait().await;
         }
-        shutdown.cancel();
-        cp.wait().await;
+    }
+    for (label, runs) in [("journal", &with), ("no journal", &without)] {
+        for i in 0..runs[0].len() {
+            let of =
+                |f: fn(&Row) -> f64| median(&runs.iter().map(|r| f(&r[i])).collect::<Vec<_>>());
+            let first = &runs[0][i];
+            println!(
+                "| {label}: {} | {} | {:.0} | {:.2} | {:.2} |",
+                first.what,
+                first.n,
+                of(|r| r.rate),
+                of(|r| r.p50),
+                of(|r| r.p99)
+            );
+        }
+    }
+    println!();
+    println!("The journal's cost: tasks/s with it as a share of tasks/s without it, per round.");
+    println!();
+    println!(
+        "| path | with journal (tasks/s) | without (tasks/s) | share (median) | share per round |"
+    );
+    println!("|---|---|---|---|---|");
+    for i in 0..with[0].len() {
+        let rates = |runs: &[Vec<Row>]| runs.iter().map(|r| r[i].rate).collect::<Vec<_>>();
+        let (w, wo) = (rates(&with), rates(&without));
+        let shares: Vec<f64> = w.iter().zip(&wo).map(|(a, b)| a / b).collect();
+        let each: Vec<String> = shares
+            .iter()
+            .map(|s| format!("{:.0}%", s * 100.0))
+            .collect();
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0}% | {} |",
+            with[0][i].what,
+            median(&w),
+            median(&wo),
+            median(&shares) * 100.0,
+            each.join(", ")
+        );
     }
     println!();
     println!(
-        "machine: {} cores; control plane: concurrency 2, pool_size 2; loopback TCP",
+        "rounds: {rounds} (medians shown); machine: {} cores; control plane: concurrency 2, pool_size 2; loopback TCP",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// A control plane on fresh ports.
@@ -118,7 +195,7 @@ async fn start_control_plane(
     }
 }
 
-async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usize, label: &str) {
+async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usize) -> Vec<Row> {
     submit(client, 0).await; // warm the pool
     let mut lat = Vec::with_capacity(n);
     let start = Instant::now();
@@ -127,29 +204,32 @@ async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usiz
         submit(client, i).await;
         lat.push(t.elapsed());
     }
-    row(
-        &format!("{label}: blocking submit, sequential"),
+    let mut rows = vec![row(
+        "blocking submit, sequential",
         n,
         start.elapsed(),
         &mut lat,
-    );
+    )];
 
     let (elapsed, mut lat) = concurrent(client, n, 32, false).await;
-    row(
-        &format!("{label}: blocking submit, 32 in flight"),
-        n,
-        elapsed,
-        &mut lat,
-    );
+    rows.push(row("blocking submit, 32 in flight", n, elapsed, &mut lat));
 
+    let start = Instant::now();
     let (elapsed, mut lat) = concurrent(client, n, 32, true).await;
-    row(
-        &format!("{label}: ack-mode submit, 32 in flight (accepted)"),
+    rows.push(row(
+        "ack-mode submit, 32 in flight: accepted",
         n,
         elapsed,
         &mut lat,
-    );
+    ));
     idle(cp).await;
+    let mut lat = vec![start.elapsed()];
+    rows.push(row(
+        "ack-mode submit, 32 in flight: accepted and all run",
+        n,
+        start.elapsed(),
+        &mut lat,
+    ));
 
     // Batches of 1000 (the CLI's --batch-size): accepted, then all run.
     let tasks: Vec<WireTask> = (0..n * 4).map(task).collect();
@@ -164,20 +244,21 @@ async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usiz
         assert!(reply.batch_accepted, "{reply:?}");
         lat.push(t.elapsed());
     }
-    row(
-        &format!("{label}: batch submit, 1000 a message: accepted (p = per message)"),
+    rows.push(row(
+        "batch submit, 1000 a message: accepted (p = per message)",
         tasks.len(),
         start.elapsed(),
         &mut lat,
-    );
+    ));
     idle(cp).await;
     let mut lat = vec![start.elapsed()];
-    row(
-        &format!("{label}: batch submit: accepted and all run"),
+    rows.push(row(
+        "batch submit: accepted and all run",
         tasks.len(),
         start.elapsed(),
         &mut lat,
-    );
+    ));
+    rows
 }
 
 async fn cli(base: &str) {
@@ -194,12 +275,12 @@ async fn cli(base: &str) {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "8\n");
         lat.push(t.elapsed());
     }
-    row(
+    print_row(&row(
         "`fastworker submit add 5 3` command, start to exit",
         runs,
         start.elapsed(),
         &mut lat,
-    );
+    ));
 }
 
 /// Waits until nothing is queued or running.
@@ -272,14 +353,22 @@ async fn concurrent(
     (start.elapsed(), lat)
 }
 
-fn row(what: &str, n: usize, elapsed: Duration, lat: &mut [Duration]) {
+fn row(what: &'static str, n: usize, elapsed: Duration, lat: &mut [Duration]) -> Row {
     lat.sort();
     let pct =
         |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    Row {
+        what,
+        n,
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
+}
+
+fn print_row(row: &Row) {
     println!(
-        "| {what} | {n} | {:.0} | {:.2} | {:.2} |",
-        n as f64 / elapsed.as_secs_f64(),
-        pct(0.5),
-        pct(0.99)
+        "| {} | {} | {:.0} | {:.2} | {:.2} |",
+        row.what, row.n, row.rate, row.p50, row.p99
     );
 }

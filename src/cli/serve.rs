@@ -90,6 +90,12 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
         tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
     }
 
+    // Past a file-size limit (`ulimit -f`), a journal write must fail with
+    // EFBIG and be reported, not kill the process with SIGXFSZ. A handler
+    // (unlike SIG_IGN) is not inherited by the tasks it runs.
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+        nix::libc::SIGXFSZ,
+    ));
     let shutdown = CancellationToken::new();
     let running =
         match control_plane::start(config.clone(), Arc::clone(&manifest), shutdown.clone()).await {

@@ -48,9 +48,10 @@ pub struct NewTask {
 pub enum Command {
     /// Accept all the tasks or none (a batch is all or nothing); a task id
     /// that is already known is not run again, its waiter just joins.
+    /// Answered with each task's status, in order, once they are on disk.
     Submit {
         tasks: Vec<NewTask>,
-        respond: oneshot::Sender<Result<(), String>>,
+        respond: oneshot::Sender<Result<Vec<Status>, String>>,
     },
     Get {
         task_id: String,
@@ -65,16 +66,27 @@ pub enum Command {
     },
     /// Cancel every running task now (a second SIGINT/SIGTERM while draining).
     ForceStop,
-    /// A task's final record is on disk: publish it (sent by the journal's
-    /// completion, see [`Core::finish`]).
-    Durable {
-        record: Box<TaskRecord>,
-    },
     /// An attempt ended (sent by the task that ran it).
     Finished {
         task_id: String,
         execution: Box<crate::executor::Execution>,
     },
+}
+
+/// What the journal reports back, from its writer thread, once a write is
+/// on disk.
+#[derive(Debug)]
+enum Journaled {
+    /// A submit's new tasks are on disk, and the submitter has been
+    /// answered: they are queued. Or they could not be written: they are
+    /// dropped, and then the submitter is told (`respond`).
+    Accepted {
+        task_ids: Vec<String>,
+        result: Result<(), String>,
+        respond: Option<oneshot::Sender<Result<Vec<Status>, String>>>,
+    },
+    /// A task's final record is on disk: it is published.
+    Finished(Box<TaskRecord>),
 }
 
 /// Counts for logs and, later, the GUI.
@@ -123,10 +135,16 @@ pub struct Core {
     tx: mpsc::Sender<Command>,
     /// Where every state change is recorded, when durability is on.
     journal: Option<Journal>,
+    /// Where the journal's writer reports what is on disk.
+    journaled_tx: mpsc::UnboundedSender<Journaled>,
+    journaled_rx: Option<mpsc::UnboundedReceiver<Journaled>>,
     callbacks: Arc<crate::transport::Pair0Senders>,
     draining: bool,
-    /// Tasks whose final record is on its way to disk.
-    finishing: usize,
+    /// Journal writes whose report has not come back yet (submits and
+    /// final records): the core does not stop before they have.
+    awaiting_disk: usize,
+    /// New tasks waiting for their record to be on disk before they queue.
+    accepting: usize,
     seq: u64,
 }
 
@@ -139,6 +157,7 @@ impl Core {
         tx: mpsc::Sender<Command>,
         journal: Option<Journal>,
     ) -> Core {
+        let (journaled_tx, journaled_rx) = mpsc::unbounded_channel();
         Core {
             manifest,
             executor,
@@ -151,9 +170,12 @@ impl Core {
             running_by_type: HashMap::new(),
             tx,
             journal,
+            journaled_tx,
+            journaled_rx: Some(journaled_rx),
             callbacks: Arc::new(crate::transport::Pair0Senders::new()),
             draining: false,
-            finishing: 0,
+            awaiting_disk: 0,
+            accepting: 0,
             seq: 0,
         }
     }
@@ -185,7 +207,7 @@ impl Core {
                 record.status = Status::Failure;
                 record.error = Some(error);
                 record.finished_at = Some(now);
-                self.persist(vec![record.clone()], None);
+                self.persist(vec![record.clone()]);
                 forgotten.extend(self.results.insert(record));
                 continue;
             };
@@ -199,36 +221,25 @@ impl Core {
                 }));
             }
             let task_id = record.task_id.clone();
-            let future_eta = record.eta.filter(|eta| *eta > now);
-            record.status = if future_eta.is_some() {
+            record.status = if record.eta.is_some_and(|eta| eta > now) {
                 Status::Scheduled
             } else {
                 Status::Queued
             };
-            let mut active = Active {
-                spec,
-                waiters: Vec::new(),
-                running: None,
-                cancel_requested: false,
-                timer: None,
-                finishing: None,
-                record,
-            };
-            match future_eta {
-                Some(eta) => {
-                    let wait = (eta - now).to_std().unwrap_or_default();
-                    active.timer = Some(self.add_timer(Instant::now() + wait, &task_id));
-                }
-                None => self.queue.push(
-                    active.record.priority,
-                    Waiting {
-                        task_id: task_id.clone(),
-                        name: active.record.name.clone(),
-                    },
-                ),
-            }
-            self.persist(vec![active.record.clone()], None);
-            self.active.insert(task_id, active);
+            self.persist(vec![record.clone()]);
+            self.active.insert(
+                task_id.clone(),
+                Active {
+                    spec,
+                    waiters: Vec::new(),
+                    running: None,
+                    cancel_requested: false,
+                    timer: None,
+                    finishing: None,
+                    record,
+                },
+            );
+            self.place(&task_id);
             requeued += 1;
         }
         self.forget(forgotten);
@@ -237,38 +248,25 @@ impl Core {
         }
     }
 
-    /// Records `records` in the journal; `done` fires once they are on disk
-    /// (at once when there is no journal).
-    fn persist(&self, records: Vec<TaskRecord>, done: Option<Done>) {
-        match &self.journal {
-            Some(journal) => journal.write(
-                records
-                    .into_iter()
-                    .map(|r| Change::Put(Box::new(r)))
-                    .collect(),
-                done,
-            ),
-            None => {
-                if let Some(done) = done {
-                    let _ = done.send(Ok(()));
-                }
-            }
+    /// Records `records` in the journal (with no wait for the disk: the
+    /// writes that must be on disk before something happens carry a [`Done`]).
+    fn persist(&self, records: Vec<TaskRecord>) {
+        if let Some(journal) = &self.journal {
+            let changes = records
+                .into_iter()
+                .map(|r| Change::Put(Box::new(r)))
+                .collect();
+            journal.write(changes, None);
         }
     }
 
     /// Runs `then` once everything handed to the journal so far is on disk
-    /// (at once without a journal). The writer commits in order, so an empty
-    /// write completes after every earlier one.
+    /// (at once without a journal), on the journal's writer thread. The
+    /// writer commits in order, so an empty write completes after every
+    /// earlier one.
     fn after_durable(&self, then: impl FnOnce() + Send + 'static) {
         match &self.journal {
-            Some(journal) => {
-                let (done, on_disk) = oneshot::channel();
-                journal.write(Vec::new(), Some(done));
-                tokio::spawn(async move {
-                    let _ = on_disk.await;
-                    then();
-                });
-            }
+            Some(journal) => journal.write(Vec::new(), Some(Box::new(move |_| then()))),
             None => then(),
         }
     }
@@ -284,6 +282,10 @@ impl Core {
     /// tasks end as failures, running ones get `shutdown_grace` to finish and
     /// are then cancelled. Returns once nothing runs.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let Some(mut journaled) = self.journaled_rx.take() else {
+            return;
+        };
+        let mut reports = Vec::new();
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let mut sweep = tokio::time::interval_at(Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
         let mut kill_at: Option<Instant> = None;
@@ -293,6 +295,12 @@ impl Core {
             let next_timer = self.timers.first().map(|(at, _, _)| *at);
             tokio::select! {
                 Some(command) = rx.recv() => self.handle(command),
+                // Never closed: the core holds a sender.
+                _ = journaled.recv_many(&mut reports, 1024) => {
+                    for report in reports.drain(..) {
+                        self.on_disk(report);
+                    }
+                }
                 () = sleep_until(next_timer.unwrap_or(far)), if next_timer.is_some() => self.fire_timers(),
                 _ = sweep.tick() => {
                     let expired = self.results.sweep();
@@ -310,26 +318,60 @@ impl Core {
                 }
             }
             if self.draining {
-                if self.running == 0 && self.finishing == 0 {
+                if self.running == 0 && self.awaiting_disk == 0 {
                     break;
                 }
             } else {
                 self.dispatch();
             }
         }
+        // Let go of commands first: nothing waits on a full channel while
+        // the journal (dropped with `self`) commits what it holds.
+        drop(rx);
     }
 
     fn handle(&mut self, command: Command) {
         match command {
-            // The submit is answered once its tasks are on disk.
+            // New tasks queue, and the submit is answered, once they are on
+            // disk: a task never runs when its submitter was told it failed.
+            // A resend waits for the disk too, as its first send may not
+            // have got there yet.
             Command::Submit { tasks, respond } => match self.submit(tasks) {
-                Ok(fresh) => {
-                    let records = fresh
-                        .iter()
-                        .filter_map(|id| self.active.get(id).map(|a| a.record.clone()))
-                        .collect();
-                    self.persist(records, Some(respond));
-                }
+                Ok((fresh, statuses)) => match &self.journal {
+                    Some(journal) => {
+                        let changes = fresh
+                            .iter()
+                            .filter_map(|id| self.active.get(id))
+                            .map(|a| Change::Put(Box::new(a.record.clone())))
+                            .collect();
+                        self.awaiting_disk += 1;
+                        self.accepting += fresh.len();
+                        let tx = self.journaled_tx.clone();
+                        // On disk: the submitter is answered from the writer
+                        // thread, with no detour through the core.
+                        let done: Done = Box::new(move |result| {
+                            let respond = match result {
+                                Ok(()) => {
+                                    let _ = respond.send(Ok(statuses));
+                                    None
+                                }
+                                Err(_) => Some(respond),
+                            };
+                            let _ = tx.send(Journaled::Accepted {
+                                task_ids: fresh,
+                                result,
+                                respond,
+                            });
+                        });
+                        journal.write(changes, Some(done));
+                    }
+                    None => {
+                        for task_id in &fresh {
+                            self.place(task_id);
+                        }
+                        let _ = respond.send(Ok(statuses));
+                    }
+                },
                 Err(error) => {
                     let _ = respond.send(Err(error));
                 }
@@ -355,17 +397,82 @@ impl Core {
             }
             Command::Finished { task_id, execution } => self.finished(&task_id, *execution),
             Command::ForceStop => self.cancel_running(),
-            Command::Durable { record } => self.publish(*record),
         }
     }
 
-    /// Tasks waiting for a slot or a timer: what `--max-queue` bounds.
-    fn waiting(&self) -> usize {
-        self.queue.len() + self.timers.len()
+    /// A journal write is on disk (or failed).
+    fn on_disk(&mut self, report: Journaled) {
+        self.awaiting_disk = self.awaiting_disk.saturating_sub(1);
+        match report {
+            Journaled::Accepted {
+                task_ids,
+                result,
+                respond,
+            } => {
+                self.accepting = self.accepting.saturating_sub(task_ids.len());
+                for task_id in &task_ids {
+                    match &result {
+                        Ok(()) => self.place(task_id),
+                        // Not on disk: the submitter is told, and the task
+                        // does not run (unless it was cancelled meanwhile:
+                        // that record is on its way).
+                        Err(error) => {
+                            if self
+                                .active
+                                .get(task_id)
+                                .is_some_and(|a| a.finishing.is_none())
+                            {
+                                tracing::error!(%task_id, "task refused: its record could not be journaled: {error}");
+                                self.active.remove(task_id);
+                            }
+                        }
+                    }
+                }
+                if let (Some(respond), Err(e)) = (respond, result) {
+                    let _ = respond.send(Err(format!("the task could not be journaled: {e}")));
+                }
+            }
+            Journaled::Finished(record) => self.publish(*record),
+        }
     }
 
-    /// Accepts the tasks (all or none); returns the ids of those not known before.
-    fn submit(&mut self, tasks: Vec<NewTask>) -> Result<Vec<String>, String> {
+    /// Tasks waiting for a slot, a timer or the disk: what `--max-queue` bounds.
+    fn waiting(&self) -> usize {
+        self.queue.len() + self.timers.len() + self.accepting
+    }
+
+    /// Puts an accepted task where it waits: on a timer until its eta, or in
+    /// the queue.
+    fn place(&mut self, task_id: &str) {
+        let now = Utc::now();
+        let Some(active) = self
+            .active
+            .get(task_id)
+            .filter(|a| a.finishing.is_none() && a.running.is_none() && a.timer.is_none())
+        else {
+            return;
+        };
+        match active.record.eta.filter(|eta| *eta > now) {
+            Some(eta) => {
+                let wait = (eta - now).to_std().unwrap_or_default();
+                let timer = self.add_timer(Instant::now() + wait, task_id);
+                if let Some(active) = self.active.get_mut(task_id) {
+                    active.timer = Some(timer);
+                }
+            }
+            None => {
+                let waiting = Waiting {
+                    task_id: task_id.to_owned(),
+                    name: active.record.name.clone(),
+                };
+                self.queue.push(active.record.priority, waiting);
+            }
+        }
+    }
+
+    /// Accepts the tasks (all or none); returns the ids of those not known
+    /// before, and each task's status.
+    fn submit(&mut self, tasks: Vec<NewTask>) -> Result<(Vec<String>, Vec<Status>), String> {
         if self.draining {
             return Err("the control plane is shutting down".to_owned());
         }
@@ -405,10 +512,13 @@ impl Core {
                 self.settings.max_queue
             ));
         }
-        Ok(tasks
-            .into_iter()
-            .filter_map(|task| self.accept(task))
-            .collect())
+        let (mut fresh, mut statuses) = (Vec::new(), Vec::with_capacity(tasks.len()));
+        for task in tasks {
+            let (new, status) = self.accept(task);
+            fresh.extend(new);
+            statuses.push(status);
+        }
+        Ok((fresh, statuses))
     }
 
     /// The task name of a known id.
@@ -419,22 +529,25 @@ impl Core {
         }
     }
 
-    /// Takes a task in; returns its id when it is new (not a resend).
-    fn accept(&mut self, task: NewTask) -> Option<String> {
+    /// Takes a task in; returns its id when it is new (not a resend), and
+    /// its status. The caller has checked that its name is in the manifest.
+    fn accept(&mut self, task: NewTask) -> (Option<String>, Status) {
         // A resend of a known id is never run twice: its waiter joins the run.
         if let Some(active) = self.active.get_mut(&task.task_id) {
             tracing::debug!(task_id = %task.task_id, "duplicate submit joins the running task");
             active.waiters.extend(task.waiter);
-            return None;
+            return (None, active.record.status);
         }
         if let Some(done) = self.results.get(&task.task_id) {
             tracing::debug!(task_id = %task.task_id, "duplicate submit of a finished task");
             if let Some(waiter) = task.waiter {
                 let _ = waiter.send(done.clone());
             }
-            return None;
+            return (None, done.status);
         }
-        let spec = self.manifest.task(&task.name).map(Arc::clone)?; // checked in submit()
+        let Some(spec) = self.manifest.task(&task.name).map(Arc::clone) else {
+            return (None, Status::Failure);
+        };
         let priority = task.priority.unwrap_or(spec.priority);
         let now = Utc::now();
         let future_eta = task.eta.filter(|eta| *eta > now);
@@ -458,7 +571,7 @@ impl Core {
             attempts: Vec::new(),
             callback: task.callback,
         };
-        let mut active = Active {
+        let active = Active {
             record,
             spec,
             waiters: task.waiter.into_iter().collect(),
@@ -467,22 +580,10 @@ impl Core {
             timer: None,
             finishing: None,
         };
-        match future_eta {
-            Some(eta) => {
-                let wait = (eta - now).to_std().unwrap_or_default();
-                active.timer = Some(self.add_timer(Instant::now() + wait, &task.task_id));
-            }
-            None => self.queue.push(
-                priority,
-                Waiting {
-                    task_id: task.task_id.clone(),
-                    name: task.name.clone(),
-                },
-            ),
-        }
-        tracing::debug!(task_id = %task.task_id, name = %task.name, %priority, status = active.record.status.as_str(), "task accepted");
+        let status = active.record.status;
+        tracing::debug!(task_id = %task.task_id, name = %task.name, %priority, status = status.as_str(), "task accepted");
         self.active.insert(task.task_id.clone(), active);
-        Some(task.task_id)
+        (Some(task.task_id), status)
     }
 
     fn add_timer(&mut self, at: Instant, task_id: &str) -> (Instant, u64) {
@@ -549,7 +650,7 @@ impl Core {
         };
         let spec = Arc::clone(&active.spec);
         let record = active.record.clone();
-        self.persist(vec![record], None);
+        self.persist(vec![record]);
         self.running += 1;
         *self.running_by_type.entry(spec.name.clone()).or_default() += 1;
         let (executor, tx) = (Arc::clone(&self.executor), self.tx.clone());
@@ -600,7 +701,7 @@ impl Core {
                     active.record.error = Some(outcome.to_string());
                     active.timer = Some(timer);
                     let record = active.record.clone();
-                    self.persist(vec![record], None);
+                    self.persist(vec![record]);
                 }
             }
             outcome if cancel_requested => {
@@ -641,33 +742,25 @@ impl Core {
             self.timers.remove(&(at, seq, task_id.to_owned()));
         }
         tracing::debug!(%task_id, status = status.as_str(), "task finished");
+        self.awaiting_disk += 1;
         match &self.journal {
             Some(journal) => {
-                self.finishing += 1;
-                let (done, on_disk) = oneshot::channel();
-                journal.write(vec![Change::Put(Box::new(record.clone()))], Some(done));
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    if let Ok(Err(e)) = on_disk.await {
+                let tx = self.journaled_tx.clone();
+                let put = Change::Put(Box::new(record.clone()));
+                let done: Done = Box::new(move |result| {
+                    if let Err(e) = result {
                         tracing::error!(task_id = %record.task_id, "result not journaled: {e}");
                     }
-                    let _ = tx
-                        .send(Command::Durable {
-                            record: Box::new(record),
-                        })
-                        .await;
+                    let _ = tx.send(Journaled::Finished(Box::new(record)));
                 });
+                journal.write(vec![put], Some(done));
             }
-            None => {
-                self.finishing += 1;
-                self.publish(record);
-            }
+            None => self.on_disk(Journaled::Finished(Box::new(record))),
         }
     }
 
     /// Makes a final record visible: to the cache, every waiter and the callback.
     fn publish(&mut self, record: TaskRecord) {
-        self.finishing = self.finishing.saturating_sub(1);
         let waiters = self
             .active
             .remove(&record.task_id)
@@ -720,7 +813,7 @@ impl Core {
                 cancelled.status = Status::Cancelled;
                 cancelled.error = Some("cancelled".to_owned());
                 cancelled.finished_at = Some(Utc::now());
-                self.persist(vec![cancelled], None);
+                self.persist(vec![cancelled]);
                 return reply(true, Status::Running, None);
             }
             self.queue.remove(task_id);

@@ -30,7 +30,8 @@ impl CoreHandle {
         answer.await.ok()
     }
 
-    pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<(), String> {
+    /// Each task's status once accepted, in order.
+    pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<Vec<Status>, String> {
         self.ask(|respond| Command::Submit { tasks, respond })
             .await
             .unwrap_or_else(|| Err(SHUT_DOWN.to_owned()))
@@ -83,7 +84,7 @@ pub async fn submit(core: &CoreHandle, bytes: Vec<u8>) -> Vec<u8> {
                 Err(e) => Err(e),
             };
             protocol::encode(&match accepted {
-                Ok(()) => BatchReply {
+                Ok(_) => BatchReply {
                     batch_accepted: true,
                     task_ids: ids,
                     error: None,
@@ -128,23 +129,20 @@ async fn submit_one(core: &CoreHandle, task: WireTask) -> Vec<u8> {
                 error: Some(error),
             }),
         },
-        (Ok(()), None) => {
-            let record = core.get(task_id.clone()).await;
-            match mode {
-                ReplyMode::Ack => protocol::encode(&Ack {
-                    task_id,
-                    accepted: true,
-                    status: record.map(|r| r.status),
-                    error: None,
-                }),
-                // A delayed task: FastWorker's TaskResult, status "scheduled".
-                ReplyMode::Result => match record {
-                    Some(record) => protocol::encode(&record.task_result()),
-                    None => protocol::encode(&refused(&task_id, SHUT_DOWN.to_owned())),
-                },
-            }
-        }
-        (Ok(()), Some(done)) => match done.await {
+        (Ok(statuses), None) => match mode {
+            ReplyMode::Ack => protocol::encode(&Ack {
+                task_id,
+                accepted: true,
+                status: statuses.first().copied(),
+                error: None,
+            }),
+            // A delayed task: FastWorker's TaskResult, status "scheduled".
+            ReplyMode::Result => match core.get(task_id.clone()).await {
+                Some(record) => protocol::encode(&record.task_result()),
+                None => protocol::encode(&refused(&task_id, SHUT_DOWN.to_owned())),
+            },
+        },
+        (Ok(_), Some(done)) => match done.await {
             Ok(record) => protocol::encode(&record.task_result()),
             Err(_) => protocol::encode(&refused(&task_id, SHUT_DOWN.to_owned())),
         },

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     Fixture, KillOnDrop, TestControlPlane, assert_contains, rand_u16, spawn_control_plane,
-    wait_status, wire_task,
+    spawn_control_plane_via, wait_status, wire_task,
 };
 
 const MANIFEST: &str = r#"
@@ -264,4 +264,61 @@ async fn a_cancel_survives_kill_9() {
         !fx.path("record.log").exists(),
         "the cancelled queued task never ran"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_cannot_be_journaled_is_refused_and_never_runs() {
+    let fx = Fixture::new(MANIFEST);
+    // A file-size limit of 6 MiB: the journal's first 4 MiB fit, the next
+    // growth fails as a full disk would.
+    let (child, base) = spawn_control_plane_via(
+        &fx,
+        1,
+        &["bash", "-c", "ulimit -f 6144 && exec \"$0\" \"$@\""],
+    )
+    .await;
+    let _guard = KillOnDrop(child.id().expect("pid"));
+    let client = fastworker::client::Client::new(&base, Duration::from_secs(10)).expect("client");
+    let big = "x".repeat(256 * 1024);
+    let mut refused = None;
+    for i in 0..64 {
+        let ack = client
+            .submit_ack(wire_task("record", vec![json!(i), json!(big)]), None)
+            .await
+            .expect("ack");
+        if !ack.accepted {
+            refused = Some(ack);
+            break;
+        }
+    }
+    let refused = refused.expect("a submit was refused once the journal could not grow");
+    let error = refused.error.clone().unwrap_or_default();
+    assert_contains(&error, "could not be journaled");
+    assert_contains(&error, "File too large");
+    // Never run, and unknown: the submitter was told it failed.
+    let status = client.status(&refused.task_id).await.expect("status");
+    assert!(status.task.is_none(), "{status:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let ran = |id: &str| {
+        std::fs::read_to_string(fx.path("record.log"))
+            .unwrap_or_default()
+            .contains(id)
+    };
+    // The tasks accepted before it have all run by the time the control
+    // plane is idle; the refused one never does.
+    loop {
+        let stats = client.status(&refused.task_id).await.expect("status");
+        assert!(stats.task.is_none());
+        if std::fs::read_to_string(fx.path("record.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 1
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no accepted task ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!ran(&refused.task_id), "the refused task ran");
 }
