@@ -315,8 +315,12 @@ pub struct TaskRecord {
     pub submitted_at: DateTime<Utc>,
     #[serde(default)]
     pub eta: Option<DateTime<Utc>>,
+    /// When the first attempt started.
     #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
+    /// While an attempt runs: when it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -360,6 +364,7 @@ impl TaskRecord {
             submitted_at: Utc::now(),
             eta: None,
             started_at: None,
+            attempt_started_at: None,
             finished_at: None,
             result: Value::Null,
             error: None,

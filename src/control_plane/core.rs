@@ -25,6 +25,9 @@ use crate::journal::{Change, Done, Journal};
 use crate::manifest::{Manifest, Priority, TaskSpec};
 use crate::protocol::{CancelReply, Status, TaskRecord};
 
+/// The status of an attempt cut short by a stop of the control plane.
+const LOST: &str = "lost";
+
 /// How often expired results are swept from the cache.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -215,9 +218,9 @@ impl Core {
                 let lost = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1;
                 record.attempts.push(serde_json::json!({
                     "attempt": lost,
-                    "status": "lost",
-                    "error": "the control plane stopped while this attempt ran; the task runs again",
-                    "started_at": record.started_at,
+                    "status": LOST,
+                    "error": "the control plane stopped while this attempt ran; the task runs again (this attempt does not count against retries)",
+                    "started_at": record.attempt_started_at.take().or(record.started_at),
                 }));
             }
             let task_id = record.task_id.clone();
@@ -565,6 +568,7 @@ impl Core {
             submitted_at: now,
             eta: task.eta,
             started_at: None,
+            attempt_started_at: None,
             finished_at: None,
             result: Value::Null,
             error: None,
@@ -639,8 +643,10 @@ impl Core {
         };
         let token = CancellationToken::new();
         active.running = Some(token.clone());
+        let now = Utc::now();
         active.record.status = Status::Running;
-        active.record.started_at.get_or_insert_with(Utc::now);
+        active.record.started_at.get_or_insert(now);
+        active.record.attempt_started_at = Some(now);
         let request = TaskRequest {
             task_id: task_id.to_owned(),
             name: active.record.name.clone(),
@@ -675,12 +681,24 @@ impl Core {
             return;
         };
         active.running = None;
+        active.record.attempt_started_at = None;
         active
             .record
             .attempts
             .push(serde_json::to_value(&execution).unwrap_or(Value::Null));
+        // An attempt cut short by a stop of the control plane is listed but
+        // does not count against `retries`: the task was not at fault.
+        let counted = active
+            .record
+            .attempts
+            .iter()
+            .filter(|a| a["status"] != LOST)
+            .count();
+        let counted = u32::try_from(counted).unwrap_or(u32::MAX);
         let cancel_requested = active.cancel_requested;
-        let retry = !draining && !cancel_requested && retry::should_retry(&active.spec, &execution);
+        let retry = !draining
+            && !cancel_requested
+            && retry::should_retry(&active.spec, &execution.outcome, counted);
         let backoff = active.spec.retry_backoff;
         match execution.outcome {
             Outcome::Success { result } => self.finish(task_id, Status::Success, result, None),
@@ -693,7 +711,7 @@ impl Core {
                 );
             }
             outcome if retry => {
-                let wait = retry::delay(backoff, execution.attempt);
+                let wait = retry::delay(backoff, counted);
                 tracing::info!(%task_id, attempt = execution.attempt, error = %outcome, "attempt failed; retrying in {}", humantime::format_duration(wait));
                 let timer = self.add_timer(Instant::now() + wait, task_id);
                 if let Some(active) = self.active.get_mut(task_id) {

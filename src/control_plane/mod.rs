@@ -135,7 +135,22 @@ pub async fn start(
     )
     .await?;
 
-    let executor = Arc::new(Executor::new());
+    // Tasks carry the data dir in their environment: after a kill -9, the
+    // next start on that dir finds the ones still running and kills them
+    // before it runs those tasks again.
+    let executor = match &config.data_dir {
+        Some(dir) => {
+            let owner = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            let owner = owner.to_string_lossy();
+            let killed = crate::executor::kill_strays(&owner);
+            if killed > 0 {
+                tracing::warn!(killed, data_dir = %owner, "killed the process groups of tasks left running by an earlier control plane on this data dir");
+            }
+            Executor::owned_by(&owner)
+        }
+        None => Executor::new(),
+    };
+    let executor = Arc::new(executor);
     let (tx, rx) = mpsc::channel(4096);
     let mut core = self::core::Core::new(
         Arc::clone(&manifest),

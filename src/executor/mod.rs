@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use outcome::{Execution, ExitState, Outcome, STDERR_TAIL, TaskError, TaskRequest};
 pub use pool::Pool;
+pub use process::kill_strays;
 
 use crate::manifest::{Mode, TaskSpec};
 
@@ -28,11 +29,23 @@ use crate::manifest::{Mode, TaskSpec};
 #[derive(Debug, Default)]
 pub struct Executor {
     pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Set as `FASTWORKER_OWNER` on every process it starts.
+    owner: Option<Arc<str>>,
 }
 
 impl Executor {
     pub fn new() -> Self {
         Executor::default()
+    }
+
+    /// An executor whose processes carry `FASTWORKER_OWNER=owner` in their
+    /// environment, so that they can be found after a crash of this
+    /// process: see [`kill_strays`].
+    pub fn owned_by(owner: &str) -> Self {
+        Executor {
+            owner: Some(owner.into()),
+            ..Executor::default()
+        }
     }
 
     /// Runs one attempt of a task. Never fails: every way a run can end is an
@@ -45,7 +58,7 @@ impl Executor {
     ) -> Execution {
         tracing::debug!(task = %spec.name, task_id = %request.task_id, attempt = request.attempt, mode = %spec.mode, "running task");
         let execution = match spec.mode {
-            Mode::Oneshot => oneshot::run(spec, request, cancel).await,
+            Mode::Oneshot => oneshot::run(spec, request, cancel, self.owner.as_deref()).await,
             Mode::Pool => self.pool(spec).run(request, cancel).await,
         };
         tracing::debug!(task = %spec.name, task_id = %request.task_id, status = execution.outcome.status(), ms = execution.duration.as_secs_f64() * 1e3, "task ended");
@@ -57,7 +70,7 @@ impl Executor {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(spec.name.clone())
-            .or_insert_with(|| Arc::new(Pool::new(Arc::clone(spec))))
+            .or_insert_with(|| Arc::new(Pool::new(Arc::clone(spec)).owned_by(self.owner.clone())))
             .clone()
     }
 

@@ -20,15 +20,22 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 const CHUNK: usize = 64 * 1024;
 
 /// Runs one request in a fresh process and returns how it ended.
-pub async fn run(spec: &TaskSpec, request: &TaskRequest, cancel: &CancellationToken) -> Execution {
+/// `owner`, when set, goes to the process as `FASTWORKER_OWNER`.
+pub async fn run(
+    spec: &TaskSpec,
+    request: &TaskRequest,
+    cancel: &CancellationToken,
+    owner: Option<&str>,
+) -> Execution {
     let started = Started::now();
     let attempt = request.attempt.to_string();
-    let extra_env = [
+    let mut extra_env = vec![
         ("FASTWORKER_TASK_ID", request.task_id.as_str()),
         ("FASTWORKER_TASK_NAME", request.name.as_str()),
         ("FASTWORKER_ATTEMPT", attempt.as_str()),
         ("FASTWORKER_MODE", "oneshot"),
     ];
+    extra_env.extend(owner.map(|owner| (process::OWNER_VAR, owner)));
     let proc = match process::spawn(spec, &extra_env) {
         Ok(proc) => proc,
         Err(outcome) => return started.finish(request, outcome, String::new(), None),

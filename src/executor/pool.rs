@@ -36,6 +36,8 @@ pub struct Pool {
     next_id: AtomicU64,
     closed: AtomicBool,
     retiring: TaskTracker,
+    /// Set as `FASTWORKER_OWNER` on its processes.
+    owner: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -84,7 +86,29 @@ impl Pool {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             retiring: TaskTracker::new(),
+            owner: None,
         }
+    }
+
+    /// Its processes get `FASTWORKER_OWNER=owner` (see [`super::kill_strays`]).
+    #[must_use]
+    pub fn owned_by(mut self, owner: Option<Arc<str>>) -> Self {
+        self.owner = owner;
+        self
+    }
+
+    /// What a new process gets on top of the task's environment.
+    fn env(&self) -> Vec<(&str, &str)> {
+        let mut env = vec![
+            ("FASTWORKER_TASK_NAME", self.spec.name.as_str()),
+            ("FASTWORKER_MODE", "pool"),
+        ];
+        env.extend(
+            self.owner
+                .as_deref()
+                .map(|owner| (process::OWNER_VAR, owner)),
+        );
+        env
     }
 
     /// Runs one request on a warm process, starting one if none is idle.
@@ -102,13 +126,7 @@ impl Pool {
         let started = Started::now();
         let mut worker = match self.take_idle() {
             Some(worker) => worker,
-            None => match process::spawn(
-                &self.spec,
-                &[
-                    ("FASTWORKER_TASK_NAME", self.spec.name.as_str()),
-                    ("FASTWORKER_MODE", "pool"),
-                ],
-            ) {
+            None => match process::spawn(&self.spec, &self.env()) {
                 Ok(proc) => PoolProcess::new(proc),
                 Err(outcome) => return started.finish(request, outcome, String::new(), None),
             },

@@ -32,6 +32,49 @@ pub struct TaskProcess {
     pub stderr: ChildStderr,
 }
 
+/// Names, in a task process's environment, what started it (see
+/// [`kill_strays`]).
+pub const OWNER_VAR: &str = "FASTWORKER_OWNER";
+
+/// Kills the process group of every process whose environment holds
+/// `FASTWORKER_OWNER=owner`: tasks left running by an earlier process with
+/// the same owner that was killed (`kill -9`) before it could stop them.
+/// Returns how many process groups were killed. A process that cleared its
+/// environment (`env -i`) is not found; one that is not ours to signal is
+/// skipped.
+pub fn kill_strays(owner: &str) -> usize {
+    let needle = format!("{OWNER_VAR}={owner}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let me = nix::unistd::getpgrp();
+    let mut groups = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue; // gone, or not ours
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+            && let Ok(pgid) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+            && pgid != me
+        {
+            groups.insert(pgid);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|pgid| nix::sys::signal::killpg(*pgid, nix::sys::signal::Signal::SIGKILL).is_ok())
+        .count()
+}
+
 /// Starts `spec`'s program with piped stdio, in a new process group, with
 /// `extra_env` set on top of the task's environment.
 pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess, Outcome> {

@@ -29,9 +29,11 @@ pub fn delay(backoff: Duration, failed_attempt: u32) -> Duration {
     base_delay(backoff, failed_attempt).mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
-/// Whether `execution` should be followed by another attempt.
-pub fn should_retry(spec: &TaskSpec, execution: &Execution) -> bool {
-    execution.outcome.is_retryable() && execution.attempt <= spec.retries
+/// Whether attempt number `attempt` (1-based, counting only the attempts
+/// that count against `retries`), which ended with `outcome`, should be
+/// followed by another.
+pub fn should_retry(spec: &TaskSpec, outcome: &Outcome, attempt: u32) -> bool {
+    outcome.is_retryable() && attempt <= spec.retries
 }
 
 /// Runs a task until it succeeds, ends in a way that is not retried, runs out
@@ -47,8 +49,8 @@ pub async fn run_with_retries(
     let mut attempts = Vec::new();
     loop {
         let execution = executor.run(spec, &request, cancel).await;
-        let wait =
-            should_retry(spec, &execution).then(|| delay(spec.retry_backoff, request.attempt));
+        let wait = should_retry(spec, &execution.outcome, request.attempt)
+            .then(|| delay(spec.retry_backoff, request.attempt));
         on_attempt(&execution, wait);
         attempts.push(execution);
         let Some(wait) = wait else { break };

@@ -8,8 +8,8 @@ use fastworker::protocol::Status;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Fixture, KillOnDrop, TestControlPlane, assert_contains, rand_u16, spawn_control_plane,
-    spawn_control_plane_via, wait_status, wire_task,
+    Fixture, KillOnDrop, TestControlPlane, assert_contains, process_alive, rand_u16, read_pid,
+    spawn_control_plane, spawn_control_plane_via, wait_for, wait_status, wire_task,
 };
 
 const MANIFEST: &str = r#"
@@ -18,6 +18,12 @@ script = "record.sh"
 
 [tasks.blocker]
 script = "blocker.sh"
+
+[tasks.third_time]
+description = "blocks on its first run, fails on its second, succeeds on its third"
+retries = 1
+retry_backoff = "10ms"
+command = ["sh", "-c", "cat > /dev/null; n=$(( $(cat runs 2>/dev/null || echo 0) + 1 )); echo $n > runs; case $n in 1) echo $$ > first.pid; sleep 60;; 2) exit 3;; *) echo 8;; esac"]
 
 [tasks.nonce]
 description = "a result that differs on every run"
@@ -321,4 +327,84 @@ async fn a_task_that_cannot_be_journaled_is_refused_and_never_runs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!ran(&refused.task_id), "the refused task ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_lost_to_a_crash_does_not_use_up_a_retry_and_its_process_is_killed() {
+    let fx = Fixture::new(MANIFEST);
+    let (mut child, client) = control_plane(&fx).await;
+    let guard = KillOnDrop(child.id().expect("pid"));
+    let ack = client
+        .submit_ack(wire_task("third_time", vec![]), None)
+        .await
+        .expect("ack");
+    assert!(ack.accepted, "{ack:?}");
+    wait_status(&client, &ack.task_id, Status::Running).await;
+    // The start reaches the disk with the next commit (at most 20 ms later).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(fx.path("runs"))
+        .unwrap_or_default()
+        .trim()
+        != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let _ = child.wait().await;
+    drop(guard);
+
+    // The killed control plane's task is still running, orphaned.
+    let orphan = read_pid(&fx.path("first.pid")).await;
+    assert!(
+        process_alive(orphan),
+        "the first run ended with its control plane"
+    );
+
+    // The next start kills it before running the task again; retries = 1:
+    // the lost attempt, then a failure and its one retry.
+    let (_child, client) = control_plane(&fx).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || !process_alive(orphan)).await,
+        "the orphaned first run {orphan} is still running"
+    );
+    wait_status(&client, &ack.task_id, Status::Success).await;
+    let task = client
+        .status(&ack.task_id)
+        .await
+        .expect("status")
+        .task
+        .expect("task");
+    let statuses: Vec<&str> = task
+        .attempts
+        .iter()
+        .map(|a| a["status"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(statuses.len(), 3, "{:#?}", task.attempts);
+    assert_eq!(
+        (statuses[0], statuses[2]),
+        ("lost", "success"),
+        "{:#?}",
+        task.attempts
+    );
+    assert_eq!(
+        task.attempts[1]["attempt"],
+        json!(2),
+        "{:#?}",
+        task.attempts
+    );
+    assert_eq!(task.result, json!(8));
+    // The lost attempt started when the first run did.
+    assert_eq!(
+        task.attempts[0]["started_at"],
+        serde_json::to_value(task.started_at).expect("time")
+    );
 }

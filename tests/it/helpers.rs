@@ -324,7 +324,14 @@ pub async fn spawn_control_plane_via(
             .spawn()
             .expect("spawn");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let first = lines.next_line().await.expect("read").unwrap_or_default();
+        // Log lines (warnings) may come before the one that says how it went.
+        let mut first = String::new();
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.contains("ready") || line.contains("cannot start") {
+                first = line;
+                break;
+            }
+        }
         if first.contains("ready") {
             // Keep draining stderr so the process never blocks on it.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
