@@ -332,6 +332,10 @@ pub struct TaskRecord {
     pub attempts: Vec<Value>,
     #[serde(default)]
     pub callback: Option<Value>,
+    /// For a finished task with a callback: whether it was delivered
+    /// (`false`: given up after every try). Absent while it is on its way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_sent: Option<bool>,
 }
 
 impl TaskRecord {
@@ -370,6 +374,7 @@ impl TaskRecord {
             error: None,
             attempts: Vec::new(),
             callback: None,
+            callback_sent: None,
         }
     }
 }

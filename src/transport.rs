@@ -288,8 +288,14 @@ pub async fn discover(url: &str, timeout: Duration) -> Result<(String, String), 
 /// [`PAIR0_IDLE`] are closed.
 #[derive(Debug)]
 pub struct Pair0Senders {
-    jobs: std::sync::mpsc::Sender<Pair0Job>,
+    /// One thread per shard; an address always goes to the same one (PAIR0
+    /// takes one peer, so one connection per address), and a slow receiver
+    /// holds up only the addresses that share its shard.
+    shards: Vec<std::sync::mpsc::Sender<Pair0Job>>,
 }
+
+/// How many callback threads send at once.
+const PAIR0_SHARDS: usize = 4;
 
 /// How long an unused callback connection stays open.
 pub const PAIR0_IDLE: Duration = Duration::from_secs(60);
@@ -303,14 +309,19 @@ struct Pair0Job {
 
 impl Pair0Senders {
     pub fn new() -> Pair0Senders {
-        let (jobs, rx) = std::sync::mpsc::channel::<Pair0Job>();
-        let spawned = std::thread::Builder::new()
-            .name("fastworker-callbacks".to_owned())
-            .spawn(move || pair0_thread(&rx));
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the callback thread: {e}");
-        }
-        Pair0Senders { jobs }
+        let shards = (0..PAIR0_SHARDS)
+            .map(|i| {
+                let (jobs, rx) = std::sync::mpsc::channel::<Pair0Job>();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("fastworker-callbacks-{i}"))
+                    .spawn(move || pair0_thread(&rx));
+                if let Err(e) = spawned {
+                    tracing::error!("cannot start a callback thread: {e}");
+                }
+                jobs
+            })
+            .collect();
+        Pair0Senders { shards }
     }
 
     /// Sends one message to the PAIR0 socket listening at `url`, waiting at
@@ -328,7 +339,12 @@ impl Pair0Senders {
             millis: i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX),
             done,
         };
-        self.jobs
+        let shard = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(url) as usize
+                % self.shards.len()
+        };
+        self.shards[shard]
             .send(job)
             .map_err(|_| failed(url, "the callback thread has stopped".to_owned()))?;
         let result = result

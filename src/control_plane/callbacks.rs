@@ -2,7 +2,10 @@
 //! "data"}` has its final state sent to that address (an NNG PAIR0 socket,
 //! as FastWorker's `delay_with_callback` expects) when it ends, whatever the
 //! outcome. Delivery runs in the background and never holds up the core; a
-//! receiver that is not there yet is tried again a few times.
+//! receiver that is not there yet is tried again a few times. How it went is
+//! recorded (`callback_sent`), so that a callback still on its way when the
+//! control plane stopped is sent after the next start: delivery is at least
+//! once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +49,14 @@ pub fn message(record: &TaskRecord) -> Value {
     })
 }
 
-/// Sends the record's final state to its callback address, in the background.
-pub fn deliver(senders: &Arc<Pair0Senders>, record: &TaskRecord) {
+/// Sends the record's final state to its callback address, in the
+/// background; `then` is told whether it was delivered. Nothing happens for
+/// a record with no callback address.
+pub fn deliver(
+    senders: &Arc<Pair0Senders>,
+    record: &TaskRecord,
+    then: impl FnOnce(bool) + Send + 'static,
+) {
     let Some(address) = address(record) else {
         return;
     };
@@ -61,11 +70,13 @@ pub fn deliver(senders: &Arc<Pair0Senders>, record: &TaskRecord) {
             match senders.send(&address, &body, SEND_TIMEOUT).await {
                 Ok(()) => {
                     tracing::debug!(%task_id, %address, "callback delivered");
+                    then(true);
                     return;
                 }
                 Err(e) => last_error = e.to_string(),
             }
         }
         tracing::warn!(%task_id, %address, "callback not delivered after {} tries: {last_error}", TRIES.len());
+        then(false);
     });
 }

@@ -90,6 +90,8 @@ enum Journaled {
     },
     /// A task's final record is on disk: it is published.
     Finished(Box<TaskRecord>),
+    /// A task's callback was delivered (or given up on).
+    CallbackSent { task_id: String, delivered: bool },
 }
 
 /// Counts for logs and, later, the GUI.
@@ -190,6 +192,7 @@ impl Core {
     pub fn restore(&mut self, mut records: Vec<TaskRecord>) {
         records.sort_by_key(|r| r.submitted_at);
         let (mut finished, mut requeued, mut forgotten) = (0, 0, Vec::new());
+        let mut pending_callbacks = Vec::new();
         let now = Utc::now();
         for mut record in records {
             if record.status.is_final() {
@@ -197,6 +200,10 @@ impl Core {
                 let age = (now - finished_at).to_std().unwrap_or_default();
                 match self.results.ttl().checked_sub(age) {
                     Some(left) if !left.is_zero() => {
+                        // A callback still on its way at the stop goes now.
+                        if record.callback.is_some() && record.callback_sent.is_none() {
+                            pending_callbacks.push(record.clone());
+                        }
                         let evicted = self.results.insert_until(record, Instant::now() + left);
                         forgotten.extend(evicted);
                         finished += 1;
@@ -246,8 +253,16 @@ impl Core {
             requeued += 1;
         }
         self.forget(forgotten);
+        for record in &pending_callbacks {
+            self.send_callback(record);
+        }
         if self.journal.is_some() {
-            tracing::info!(finished, requeued, "journal replayed");
+            tracing::info!(
+                finished,
+                requeued,
+                callbacks = pending_callbacks.len(),
+                "journal replayed"
+            );
         }
     }
 
@@ -405,8 +420,18 @@ impl Core {
 
     /// A journal write is on disk (or failed).
     fn on_disk(&mut self, report: Journaled) {
-        self.awaiting_disk = self.awaiting_disk.saturating_sub(1);
+        if !matches!(report, Journaled::CallbackSent { .. }) {
+            self.awaiting_disk = self.awaiting_disk.saturating_sub(1);
+        }
         match report {
+            Journaled::CallbackSent { task_id, delivered } => {
+                if let Some(record) = self.results.update(&task_id, |r| {
+                    r.callback_sent = Some(delivered);
+                }) {
+                    let record = record.clone();
+                    self.persist(vec![record]);
+                }
+            }
             Journaled::Accepted {
                 task_ids,
                 result,
@@ -574,6 +599,7 @@ impl Core {
             error: None,
             attempts: Vec::new(),
             callback: task.callback,
+            callback_sent: None,
         };
         let active = Active {
             record,
@@ -787,9 +813,18 @@ impl Core {
         for waiter in waiters {
             let _ = waiter.send(record.clone());
         }
-        super::callbacks::deliver(&self.callbacks, &record);
+        self.send_callback(&record);
         let evicted = self.results.insert(record);
         self.forget(evicted.into_iter().collect());
+    }
+
+    /// Sends a finished task's callback, if it has one; how it went comes
+    /// back as [`Journaled::CallbackSent`].
+    fn send_callback(&self, record: &TaskRecord) {
+        let (tx, task_id) = (self.journaled_tx.clone(), record.task_id.clone());
+        super::callbacks::deliver(&self.callbacks, record, move |delivered| {
+            let _ = tx.send(Journaled::CallbackSent { task_id, delivered });
+        });
     }
 
     fn get(&mut self, task_id: &str) -> Option<TaskRecord> {

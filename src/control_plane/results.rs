@@ -57,6 +57,18 @@ impl ResultCache {
         self.records.get(task_id).map(|(record, _)| record)
     }
 
+    /// Changes a stored record in place (its TTL and place in the LRU stay);
+    /// returns the changed record.
+    pub fn update(
+        &mut self,
+        task_id: &str,
+        change: impl FnOnce(&mut TaskRecord),
+    ) -> Option<&TaskRecord> {
+        let (record, _) = self.records.peek_mut(task_id)?;
+        change(record);
+        Some(record)
+    }
+
     /// Drops every expired record; returns their ids (and those of records
     /// that expired and were dropped on a read since the last sweep).
     pub fn sweep(&mut self) -> Vec<String> {

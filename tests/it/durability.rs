@@ -25,6 +25,9 @@ retries = 1
 retry_backoff = "10ms"
 command = ["sh", "-c", "cat > /dev/null; n=$(( $(cat runs 2>/dev/null || echo 0) + 1 )); echo $n > runs; case $n in 1) echo $$ > first.pid; sleep 60;; 2) exit 3;; *) echo 8;; esac"]
 
+[tasks.eight]
+command = ["sh", "-c", "cat > /dev/null; echo 8"]
+
 [tasks.nonce]
 description = "a result that differs on every run"
 command = ["sh", "-c", "cat > /dev/null; sleep 0.05; echo \"\\\"$$-$(date +%s%N)\\\"\""]
@@ -407,4 +410,89 @@ async fn an_attempt_lost_to_a_crash_does_not_use_up_a_retry_and_its_process_is_k
         task.attempts[0]["started_at"],
         serde_json::to_value(task.started_at).expect("time")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_still_on_its_way_at_a_crash_is_sent_after_the_restart() {
+    // A PAIR0 listener: pynng, from the venv the Python client test uses.
+    let python = match tokio::task::spawn_blocking(crate::python_client::compat_python)
+        .await
+        .expect("join")
+    {
+        Ok(python) => python,
+        Err(why) if std::env::var_os("FASTWORKER_REQUIRE_PY_COMPAT").is_none() => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        Err(why) => panic!("pynng is required here: {why}"),
+    };
+    let fx = Fixture::new(MANIFEST);
+    let address = format!("ipc://{}", fx.path("callback.ipc").display());
+    let (mut child, client) = control_plane(&fx).await;
+    let guard = KillOnDrop(child.id().expect("pid"));
+    let mut task = wire_task("eight", vec![]);
+    task.callback = Some(json!({"address": address, "data": {"k": "v"}}));
+    let ack = client.submit_ack(task, None).await.expect("ack");
+    assert!(ack.accepted, "{ack:?}");
+    wait_status(&client, &ack.task_id, Status::Success).await;
+    // Nobody listens yet: the callback is still being tried.
+    let record = client
+        .status(&ack.task_id)
+        .await
+        .expect("status")
+        .task
+        .expect("task");
+    assert_eq!(record.callback_sent, None);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let _ = child.wait().await;
+    drop(guard);
+
+    let mut listener = tokio::process::Command::new(&python)
+        .args([
+            "-c",
+            "import pynng, sys\n\
+             with pynng.Pair0(listen=sys.argv[1], recv_timeout=20000) as s:\n\
+             \x20   print('listening', flush=True)\n\
+             \x20   print(s.recv().decode(), flush=True)\n",
+            &address,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("listener");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(listener.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next_line().await.expect("read").as_deref(),
+        Some("listening")
+    );
+
+    let (_child, client) = control_plane(&fx).await;
+    let message = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the callback arrived")
+        .expect("read")
+        .expect("a line");
+    let message: Value = serde_json::from_str(&message).expect("json");
+    assert_eq!(message["task_id"], json!(ack.task_id));
+    assert_eq!(message["result"], json!(8));
+    assert_eq!(message["callback_data"], json!({"k": "v"}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = client
+            .status(&ack.task_id)
+            .await
+            .expect("status")
+            .task
+            .expect("task");
+        if record.callback_sent == Some(true) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{record:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -63,7 +63,7 @@ fn python312() -> Option<PathBuf> {
 }
 
 /// The venv's python, making the venv if needed.
-fn compat_python() -> Result<PathBuf, String> {
+pub fn compat_python() -> Result<PathBuf, String> {
     let venv = Path::new(REPO).join("target/compat-venv");
     let python = venv.join("bin/python");
     let ready = |p: &Path| {
