@@ -112,6 +112,16 @@ async fn futures_ids(cp: &TestControlPlane, n: usize) -> Vec<String> {
     ids
 }
 
+/// `kill -9` of a control plane, and its end.
+async fn kill_9(child: &mut tokio::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    let _ = child.wait().await;
+}
+
 /// The real binary on `fx`'s data dir, and a client of it.
 async fn control_plane(fx: &Fixture) -> (tokio::process::Child, fastworker::client::Client) {
     let (child, base) = spawn_control_plane(fx, 2).await;
@@ -157,12 +167,7 @@ async fn kill_9_at_random_moments_loses_no_accepted_task() {
             );
         }
         accepted.extend(this_round);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill -9");
-        let _ = child.wait().await;
+        kill_9(&mut child).await;
         drop(guard);
     }
 
@@ -244,12 +249,7 @@ async fn a_cancel_survives_kill_9() {
             .cancelled
     );
     // Crash right after the cancels were answered.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9");
-    let _ = child.wait().await;
+    kill_9(&mut child).await;
     drop(guard);
 
     let (_child, client) = control_plane(&fx).await;
@@ -357,12 +357,7 @@ async fn an_attempt_lost_to_a_crash_does_not_use_up_a_retry_and_its_process_is_k
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9");
-    let _ = child.wait().await;
+    kill_9(&mut child).await;
     drop(guard);
 
     // The killed control plane's task is still running, orphaned.
@@ -415,16 +410,8 @@ async fn an_attempt_lost_to_a_crash_does_not_use_up_a_retry_and_its_process_is_k
 #[tokio::test(flavor = "multi_thread")]
 async fn a_callback_still_on_its_way_at_a_crash_is_sent_after_the_restart() {
     // A PAIR0 listener: pynng, from the venv the Python client test uses.
-    let python = match tokio::task::spawn_blocking(crate::python_client::compat_python)
-        .await
-        .expect("join")
-    {
-        Ok(python) => python,
-        Err(why) if std::env::var_os("FASTWORKER_REQUIRE_PY_COMPAT").is_none() => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-        Err(why) => panic!("pynng is required here: {why}"),
+    let Some(python) = crate::python_client::compat_python_or_skip().await else {
+        return;
     };
     let fx = Fixture::new(MANIFEST);
     let address = format!("ipc://{}", fx.path("callback.ipc").display());
@@ -443,12 +430,7 @@ async fn a_callback_still_on_its_way_at_a_crash_is_sent_after_the_restart() {
         .task
         .expect("task");
     assert_eq!(record.callback_sent, None);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9");
-    let _ = child.wait().await;
+    kill_9(&mut child).await;
     drop(guard);
 
     let mut listener = tokio::process::Command::new(&python)

@@ -63,7 +63,23 @@ fn python312() -> Option<PathBuf> {
 }
 
 /// The venv's python, making the venv if needed.
-pub fn compat_python() -> Result<PathBuf, String> {
+/// The venv's python; `None` (the caller skips) when there is no Python
+/// 3.12+, unless `FASTWORKER_REQUIRE_PY_COMPAT` is set: then it panics.
+pub async fn compat_python_or_skip() -> Option<PathBuf> {
+    match tokio::task::spawn_blocking(compat_python)
+        .await
+        .expect("join")
+    {
+        Ok(python) => Some(python),
+        Err(why) if std::env::var_os("FASTWORKER_REQUIRE_PY_COMPAT").is_none() => {
+            eprintln!("skipped: {why}");
+            None
+        }
+        Err(why) => panic!("FastWorker's Python client (and pynng) is required here: {why}"),
+    }
+}
+
+fn compat_python() -> Result<PathBuf, String> {
     let venv = Path::new(REPO).join("target/compat-venv");
     let python = venv.join("bin/python");
     let ready = |p: &Path| {
@@ -91,16 +107,8 @@ pub fn compat_python() -> Result<PathBuf, String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_fastworker_python_client_works_unchanged() {
-    let python = match tokio::task::spawn_blocking(compat_python)
-        .await
-        .expect("join")
-    {
-        Ok(python) => python,
-        Err(why) if std::env::var_os("FASTWORKER_REQUIRE_PY_COMPAT").is_none() => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-        Err(why) => panic!("FastWorker's Python client is required here: {why}"),
+    let Some(python) = compat_python_or_skip().await else {
+        return;
     };
     let fx = Fixture::new(MANIFEST);
     let cp = TestControlPlane::start(&fx, |c| c.concurrency = 4).await;
