@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use crate::manifest::Priority;
 use crate::protocol::{
-    self, Ack, BatchReply, CancelReply, Endpoints, ErrorReply, Query, ReplyMode, StatusReply,
-    TaskList, TaskResult, WireTask,
+    self, Ack, BatchReply, CancelReply, Endpoints, ErrorReply, Info, Query, ReplyMode, StatusReply,
+    TaskList, TaskResult, WireTask, WorkerList,
 };
 use crate::transport::{self, Requester, TransportError};
 
@@ -106,6 +106,29 @@ impl Client {
     pub async fn cancel(&self, task_id: &str) -> Result<CancelReply, ClientError> {
         let query = serde_json::json!({"action": "cancel", "task_id": task_id});
         self.ask(&self.endpoints.query, &query, self.timeout).await
+    }
+
+    /// The control plane's own slots and its subworkers.
+    pub async fn workers(&self) -> Result<WorkerList, ClientError> {
+        let query = serde_json::json!({"action": "workers"});
+        self.ask(&self.endpoints.query, &query, self.timeout).await
+    }
+
+    /// Who the control plane is, and where subworkers register.
+    pub async fn info(&self) -> Result<Info, ClientError> {
+        let query = serde_json::json!({"action": "info"});
+        self.ask(&self.endpoints.query, &query, self.timeout).await
+    }
+
+    /// Sends `message` to the socket at `url` (one of this control plane's)
+    /// and reads the reply, waiting at most `timeout`.
+    pub async fn request<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        url: &str,
+        message: &Q,
+        timeout: Duration,
+    ) -> Result<R, ClientError> {
+        self.ask(url, message, timeout).await
     }
 
     pub async fn list(&self) -> Result<TaskList, ClientError> {

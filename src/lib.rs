@@ -14,6 +14,9 @@
 //! - [`control_plane`] takes tasks through `transport`, orders them in its
 //!   core (queue, timers, result cache) and runs them through `executor`.
 //! - [`client`] is the other end, for the CLI and for Rust programs.
+//! - [`subworker`] runs tasks a control plane leases to it, through
+//!   `client` and `executor`; the control plane's side of that is its
+//!   `workers` registry.
 //! - [`runners`] carries the language runners (the Python runner) inside the binary.
 //! - [`cli`] is the command line: it parses arguments, calls the library and
 //!   maps errors to exit codes. `main.rs` only calls [`cli::main`].
@@ -30,4 +33,5 @@ pub mod journal;
 pub mod manifest;
 pub mod protocol;
 pub mod runners;
+pub mod subworker;
 pub mod transport;

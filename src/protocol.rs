@@ -175,6 +175,10 @@ pub enum Query {
     Status { task_id: String },
     /// fastworker extension `{"action": "list_tasks"}`: [`TaskList`].
     ListTasks,
+    /// fastworker extension `{"action": "workers"}`: [`WorkerList`].
+    Workers,
+    /// fastworker extension `{"action": "info"}`: [`Info`].
+    Info,
 }
 
 impl Query {
@@ -201,6 +205,8 @@ impl Query {
                 task_id: task_id()?,
             }),
             Some("list_tasks") => Ok(Query::ListTasks),
+            Some("workers") => Ok(Query::Workers),
+            Some("info") => Ok(Query::Info),
             Some(other) => Err(format!("unknown action '{other}'")),
         }
     }
@@ -336,6 +342,13 @@ pub struct TaskRecord {
     /// (`false`: given up after every try). Absent while it is on its way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_sent: Option<bool>,
+    /// While an attempt runs on a subworker: that worker, and the lease it
+    /// runs under (kept in the journal, so that a restarted control plane
+    /// gives the worker back its lease instead of running the task again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
 }
 
 impl TaskRecord {
@@ -375,6 +388,8 @@ impl TaskRecord {
             attempts: Vec::new(),
             callback: None,
             callback_sent: None,
+            worker: None,
+            lease: None,
         }
     }
 }
@@ -409,6 +424,192 @@ pub struct TaskInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReply {
     pub error: String,
+}
+
+// ---------------------------------------------------------------------------
+// Subworkers, on the management socket (base+5). fastworker's own protocol:
+// FastWorker 0.3.0's subworker crashed at start, so there is nothing to be
+// compatible with. Subworkers only dial out; the control plane never
+// connects to them, so only its ports need to be reachable.
+// ---------------------------------------------------------------------------
+
+/// What a subworker sends to the management socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Manage {
+    /// Answered with [`Registered`].
+    Register(Registration),
+    /// A heartbeat that also asks for work: held until there is work for it,
+    /// a cancel, or [`POLL_HOLD_MS`]; answered with [`PollReply`].
+    Poll(Poll),
+    /// A leased task's run ended; answered with [`Applied`].
+    Result(WorkResult),
+    /// A leased task is handed back unfinished (the subworker is stopping);
+    /// answered with [`Applied`].
+    Release(Release),
+    /// The subworker is leaving; answered with [`Applied`].
+    Deregister(Hello),
+}
+
+/// The longest a poll is held before it is answered with no work: also the
+/// heartbeat interval, since an idle subworker polls again at once.
+pub const POLL_HOLD_MS: u64 = 1000;
+
+/// Who is speaking: a worker id and the session (one per process start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub worker_id: String,
+    pub session: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    #[serde(flatten)]
+    pub hello: Hello,
+    /// Where it runs, for people (`fastworker workers`): its host and pid, or
+    /// the `--base-address` it was given.
+    pub address: String,
+    /// Tasks it runs at once.
+    pub capacity: usize,
+    /// Each task it can run, with what the control plane needs to schedule it.
+    pub tasks: std::collections::BTreeMap<String, TaskOffer>,
+    /// Leases it holds (still running, or with a result not yet acknowledged):
+    /// after a restart of the control plane, these stay its.
+    #[serde(default)]
+    pub running: Vec<String>,
+}
+
+/// A task as a subworker defines it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOffer {
+    /// A digest of the task's definition: two workers (or a worker and the
+    /// control plane) with different digests define the task differently.
+    pub digest: String,
+    pub priority: Priority,
+    pub retries: u32,
+    pub retry_backoff_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    pub registered: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Definitions that differ from the control plane's or another worker's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Leases it named that are no longer its: stop them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancel: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Poll {
+    #[serde(flatten)]
+    pub hello: Hello,
+    /// Counts up by one per poll: a lease sent in the reply to an earlier
+    /// poll and not in `running` never arrived.
+    pub seq: u64,
+    /// Leases it holds (see [`Registration::running`]).
+    #[serde(default)]
+    pub running: Vec<String>,
+    /// Stopping: send it no more work.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PollReply {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<Lease>,
+    /// Leases to stop (cancelled, or no longer its).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancel: Vec<String>,
+    /// The control plane does not know this worker (it restarted, or marked
+    /// the worker inactive): register again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reregister: bool,
+}
+
+/// A task handed to a subworker: it runs it under this lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease: String,
+    pub task_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub args: Vec<Value>,
+    #[serde(default)]
+    pub kwargs: Map<String, Value>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkResult {
+    #[serde(flatten)]
+    pub hello: Hello,
+    pub lease: String,
+    /// The executor's record of the run (`Execution`).
+    pub execution: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    #[serde(flatten)]
+    pub hello: Hello,
+    pub lease: String,
+    pub reason: String,
+}
+
+/// Whether a result, release or deregister took effect. `applied: false`
+/// with no error: the lease had been revoked (the task runs elsewhere), and
+/// the report is dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub applied: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// fastworker extension: one worker as `{"action": "workers"}` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub worker_id: String,
+    /// `control-plane` (the control plane's own slots) or `subworker`.
+    pub kind: String,
+    pub address: String,
+    /// `active`, `draining`, `inactive` (silent; its tasks went elsewhere),
+    /// or `local` for the control plane.
+    pub status: String,
+    pub load: usize,
+    pub capacity: usize,
+    pub tasks_done: u64,
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub registered_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// fastworker extension: the reply to `{"action": "workers"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// fastworker extension: the reply to `{"action": "info"}`, which tells a
+/// subworker where the management socket is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub worker_id: String,
+    pub base_address: String,
+    /// The management socket, as the control plane binds it.
+    pub subworker_address: String,
 }
 
 /// Parses a time as FastWorker's Python client writes it: `str(datetime)`

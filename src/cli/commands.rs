@@ -20,6 +20,8 @@ pub async fn dispatch(cli: Cli) -> u8 {
     match cli.command {
         Command::Run(args) => run(manifest, args).await,
         Command::ControlPlane(args) => super::serve::control_plane(manifest, args).await,
+        Command::Subworker(args) => super::serve::subworker(manifest, args).await,
+        Command::Workers(args) => super::remote::workers(&args).await,
         Command::Submit(args) => super::remote::submit(args).await,
         Command::Status(args) => super::remote::status(args).await,
         Command::Cancel(args) => super::remote::cancel(args).await,
@@ -220,14 +222,14 @@ fn list(manifest: Option<&Path>, args: &ListArgs) -> u8 {
     0
 }
 
-pub(super) fn print_table(header: &[&str; 4], rows: &[[String; 4]]) {
+pub(super) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 4]| {
+    let line = |cells: [&str; N]| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
@@ -240,7 +242,7 @@ pub(super) fn print_table(header: &[&str; 4], rows: &[[String; 4]]) {
     };
     line(*header);
     for row in rows {
-        line([&row[0], &row[1], &row[2], &row[3]]);
+        line(std::array::from_fn(|i| row[i].as_str()));
     }
 }
 

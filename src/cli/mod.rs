@@ -43,6 +43,10 @@ pub enum Command {
     Run(RunArgs),
     /// Start a control plane: take tasks over NNG and run them
     ControlPlane(serve::ControlPlaneArgs),
+    /// Start a subworker: run tasks a control plane hands out, from this manifest
+    Subworker(serve::SubworkerArgs),
+    /// Show a control plane's workers: itself and its subworkers
+    Workers(remote::WorkersArgs),
     /// Submit a task to a control plane and print its result
     Submit(remote::SubmitArgs),
     /// Show a task's state and result on a control plane
@@ -96,6 +100,7 @@ pub fn main() -> ExitCode {
             | Command::Submit(_)
             | Command::Status(_)
             | Command::Cancel(_)
+            | Command::Workers(_)
     ) {
         quiet_on_broken_pipe();
     }

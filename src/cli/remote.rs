@@ -357,6 +357,76 @@ pub async fn list(args: &ListArgs) -> u8 {
     0
 }
 
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// Print the workers as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `fastworker workers`: the control plane's own slots and each subworker.
+pub async fn workers(args: &WorkersArgs) -> u8 {
+    let client = match args.connect.client().await {
+        Ok(client) => client,
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+    let list = match client.workers().await {
+        Ok(list) => list,
+        Err(e) => return unreachable(&e, &args.connect),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_value(&list.workers).unwrap_or(Value::Null)
+        );
+        return 0;
+    }
+    let now = chrono::Utc::now();
+    let rows: Vec<[String; 7]> = list
+        .workers
+        .iter()
+        .map(|w| {
+            let seen = match w.last_seen {
+                Some(at) if w.kind == "subworker" => {
+                    let ago = (now - at).to_std().unwrap_or_default();
+                    format!("{:.1}s ago", ago.as_secs_f64())
+                }
+                Some(_) => "now".to_owned(),
+                None => "never".to_owned(),
+            };
+            [
+                w.worker_id.clone(),
+                w.address.clone(),
+                w.status.clone(),
+                format!("{}/{}", w.load, w.capacity),
+                w.tasks_done.to_string(),
+                seen,
+                w.tasks.join(","),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "ADDRESS",
+            "STATUS",
+            "LOAD",
+            "DONE",
+            "LAST SEEN",
+            "TASKS",
+        ],
+        &rows,
+    );
+    for w in &list.workers {
+        for warning in &w.warnings {
+            println!("warning: {warning}");
+        }
+    }
+    0
+}
+
 /// The time `secs` seconds from now, as RFC 3339; `None` for a negative,
 /// infinite or absurdly large countdown.
 pub(super) fn countdown_eta(secs: f64) -> Option<String> {

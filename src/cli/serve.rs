@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::commands::{EXIT_UNUSABLE, report_manifest_error};
 use super::parse_duration;
-use crate::control_plane::{self, Config, CoreHandle};
+use crate::control_plane::{self, Config};
 
 #[derive(Debug, Args)]
 pub struct ControlPlaneArgs {
@@ -65,6 +65,112 @@ pub struct ControlPlaneArgs {
     /// Do not serve the web GUI
     #[arg(long, env = "FASTWORKER_NO_GUI")]
     pub no_gui: bool,
+    /// Run no tasks here: only hand them to subworkers (a pure coordinator)
+    #[arg(long, env = "FASTWORKER_NO_LOCAL_TASKS")]
+    pub no_local_tasks: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubworkerArgs {
+    /// This subworker's name, unique among a control plane's subworkers (no ':')
+    #[arg(long, env = "FASTWORKER_WORKER_ID", value_parser = worker_id)]
+    pub worker_id: String,
+    /// The control plane's base address [default: found through --discovery-address]
+    #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
+    pub control_plane_address: Option<String>,
+    /// Where control planes announce themselves (used without --control-plane-address)
+    #[arg(
+        long,
+        env = "FASTWORKER_DISCOVERY_ADDRESS",
+        default_value = "tcp://127.0.0.1:5550"
+    )]
+    pub discovery_address: String,
+    /// Accepted for FastWorker compatibility: a subworker only dials out
+    /// (to the control plane's base + 5), so nothing listens here; it is
+    /// shown as this worker's address [default: host name and pid]
+    #[arg(long, env = "FASTWORKER_BASE_ADDRESS")]
+    pub base_address: Option<String>,
+    /// Tasks run at once [default: number of cores]
+    #[arg(long, env = "FASTWORKER_WORKER_CONCURRENCY")]
+    pub concurrency: Option<NonZeroUsize>,
+    /// After SIGINT/SIGTERM, how long running tasks may take before they are handed back
+    #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> u8 {
+    let manifest = match crate::manifest::Manifest::discover(manifest) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            report_manifest_error(&e);
+            return EXIT_UNUSABLE;
+        }
+    };
+    let address = args.base_address.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        format!("{host} (pid {})", std::process::id())
+    });
+    let config = crate::subworker::Config {
+        worker_id: args.worker_id.clone(),
+        control_plane: args.control_plane_address.clone(),
+        discovery_address: args.discovery_address.clone(),
+        address,
+        concurrency: args.concurrency.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            NonZeroUsize::get,
+        ),
+        shutdown_grace: args.shutdown_grace,
+    };
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+        nix::libc::SIGXFSZ,
+    ));
+    let (shutdown, force) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(signals("subworker", shutdown.clone(), {
+        let force = force.clone();
+        async move { force.cancel() }
+    }));
+    let tasks = manifest.tasks.len();
+    let concurrency = config.concurrency;
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let ended = crate::subworker::run(config, Arc::clone(&manifest), shutdown, force, |manage, reply| {
+        let again = !first.swap(false, std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "fastworker subworker '{}' {}: registered on {manage}; {tasks} tasks from {}, concurrency {concurrency}",
+            args.worker_id,
+            if again { "registered again" } else { "ready" },
+            manifest.path.display(),
+        );
+        for warning in &reply.warnings {
+            eprintln!("warning: {warning}");
+        }
+    })
+    .await;
+    match ended {
+        Ok(crate::subworker::Ended::Clean) => {
+            eprintln!("fastworker subworker '{}' stopped", args.worker_id);
+            0
+        }
+        Ok(crate::subworker::Ended::Unreported(n)) => {
+            eprintln!(
+                "fastworker subworker '{}' stopped; {n} tasks could not be reported (the control plane runs them again)",
+                args.worker_id
+            );
+            1
+        }
+        Err(crate::subworker::SubworkerError::Stopped) => {
+            eprintln!(
+                "fastworker subworker '{}' stopped before it found a control plane",
+                args.worker_id
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_UNUSABLE
+        }
+    }
 }
 
 pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u8 {
@@ -86,6 +192,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
     config.max_queue = args.max_queue.get();
     config.shutdown_grace = args.shutdown_grace;
     config.data_dir = (!args.no_journal).then(|| args.data_dir.clone());
+    config.local_tasks = !args.no_local_tasks;
     if !args.no_gui {
         tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
     }
@@ -122,15 +229,18 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
         manifest.path.display(),
         config.concurrency,
     );
-    tokio::spawn(stop_on_signal(shutdown, running.core.clone()));
+    let core = running.core.clone();
+    tokio::spawn(signals("control plane", shutdown, async move {
+        core.force_stop().await;
+    }));
     running.wait().await;
     eprintln!("fastworker control plane stopped");
     0
 }
 
-/// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one cancels
-/// the running tasks too, without waiting for the grace period.
-async fn stop_on_signal(shutdown: CancellationToken, core: CoreHandle) {
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one runs
+/// `force` (cancel the running tasks, without waiting for the grace period).
+async fn signals(who: &str, shutdown: CancellationToken, force: impl Future<Output = ()>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -144,15 +254,15 @@ async fn stop_on_signal(shutdown: CancellationToken, core: CoreHandle) {
         _ = int.recv() => "SIGINT",
     };
     eprintln!(
-        "fastworker control plane: {name}: no new tasks; finishing running ones (send it again to cancel them)"
+        "fastworker {who}: {name}: no new tasks; finishing running ones (send it again to stop them now)"
     );
     shutdown.cancel();
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    eprintln!("fastworker control plane: {name} again: cancelling running tasks");
-    core.force_stop().await;
+    eprintln!("fastworker {who}: {name} again: stopping running tasks");
+    force.await;
 }
 
 /// A worker id: announced as `WORKER_ANNOUNCE:<id>:<address>`, so no ':'.

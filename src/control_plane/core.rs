@@ -20,13 +20,25 @@ use tokio_util::sync::CancellationToken;
 
 use super::queue::{DispatchQueue, Waiting};
 use super::results::ResultCache;
-use crate::executor::{Executor, Outcome, TaskRequest, retry};
+use super::workers::{self, Held, State, Worker, Workers};
+use crate::executor::{Execution, Executor, Outcome, TaskRequest, retry};
 use crate::journal::{Change, Done, Journal};
-use crate::manifest::{Manifest, Priority, TaskSpec};
-use crate::protocol::{CancelReply, Status, TaskRecord};
+use crate::manifest::{Manifest, Priority};
+use crate::protocol::{
+    Applied, CancelReply, Hello, Lease, Poll, PollReply, Registered, Registration, Status,
+    TaskRecord, WorkerInfo,
+};
 
-/// The status of an attempt cut short by a stop of the control plane.
+/// The status of an attempt cut short by a stop of the control plane or
+/// the loss of its subworker; it does not count against `retries`.
 const LOST: &str = "lost";
+
+/// The status of an attempt a stopping subworker gave back unfinished; it
+/// does not count against `retries` either.
+const HANDED_BACK: &str = "handed_back";
+
+/// How often held polls and the workers' heartbeats are checked.
+const WORKER_TICK: Duration = Duration::from_millis(100);
 
 /// How often expired results are swept from the cache.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -72,7 +84,40 @@ pub enum Command {
     /// An attempt ended (sent by the task that ran it).
     Finished {
         task_id: String,
-        execution: Box<crate::executor::Execution>,
+        execution: Box<Execution>,
+    },
+    /// A subworker registers (see [`super::workers`]).
+    Register {
+        registration: Box<Registration>,
+        respond: oneshot::Sender<Registered>,
+    },
+    /// A subworker's heartbeat, asking for work.
+    Poll {
+        poll: Poll,
+        respond: oneshot::Sender<PollReply>,
+    },
+    /// A subworker reports a leased task's run.
+    WorkResult {
+        hello: Hello,
+        lease: String,
+        execution: Box<Execution>,
+        respond: oneshot::Sender<Applied>,
+    },
+    /// A stopping subworker hands a leased task back unfinished.
+    Release {
+        hello: Hello,
+        lease: String,
+        reason: String,
+        respond: oneshot::Sender<Applied>,
+    },
+    /// A subworker leaves.
+    Deregister {
+        hello: Hello,
+        respond: oneshot::Sender<Applied>,
+    },
+    /// The workers, the control plane's own slots first.
+    Workers {
+        respond: oneshot::Sender<Vec<WorkerInfo>>,
     },
 }
 
@@ -106,7 +151,12 @@ pub struct Stats {
 /// The core's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Tasks the control plane runs itself at once.
     pub concurrency: usize,
+    /// Whether it runs tasks itself at all (`--no-local-tasks`: no).
+    pub local_tasks: bool,
+    /// Its id, in the worker list.
+    pub worker_id: String,
     pub max_queue: usize,
     pub shutdown_grace: Duration,
 }
@@ -115,10 +165,11 @@ pub struct Settings {
 #[derive(Debug)]
 struct Active {
     record: TaskRecord,
-    spec: Arc<TaskSpec>,
     waiters: Vec<oneshot::Sender<TaskRecord>>,
-    /// Set while an attempt runs.
+    /// Set while an attempt runs here.
     running: Option<CancellationToken>,
+    /// Set while an attempt runs on a subworker: its lease.
+    lease: Option<String>,
     cancel_requested: bool,
     /// Its entry in the timer set while scheduled or retrying.
     timer: Option<(Instant, u64)>,
@@ -134,8 +185,13 @@ pub struct Core {
     queue: DispatchQueue,
     timers: BTreeSet<(Instant, u64, String)>,
     results: ResultCache,
+    /// Attempts running here.
     running: usize,
+    /// Attempts running here or on subworkers, by task type.
     running_by_type: HashMap<String, u32>,
+    /// Tasks run here to the end.
+    done_here: u64,
+    workers: Workers,
     /// For running tasks to report back.
     tx: mpsc::Sender<Command>,
     /// Where every state change is recorded, when durability is on.
@@ -151,6 +207,50 @@ pub struct Core {
     /// New tasks waiting for their record to be on disk before they queue.
     accepting: usize,
     seq: u64,
+}
+
+impl Active {
+    fn new(record: TaskRecord, waiters: Vec<oneshot::Sender<TaskRecord>>) -> Active {
+        Active {
+            record,
+            waiters,
+            running: None,
+            lease: None,
+            cancel_requested: false,
+            timer: None,
+            finishing: None,
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.is_some() || self.lease.is_some()
+    }
+
+    /// The number the next attempt gets.
+    fn next_attempt(&self) -> u32 {
+        u32::try_from(self.record.attempts.len()).unwrap_or(u32::MAX) + 1
+    }
+
+    /// Attempts that count against `retries`.
+    fn counted_attempts(&self) -> u32 {
+        let counted = self
+            .record
+            .attempts
+            .iter()
+            .filter(|a| a["status"] != LOST && a["status"] != HANDED_BACK)
+            .count();
+        u32::try_from(counted).unwrap_or(u32::MAX)
+    }
+}
+
+/// What scheduling needs to know about a task type, from the control
+/// plane's manifest or else from a subworker that defines it.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    priority: Priority,
+    retries: u32,
+    retry_backoff: Duration,
+    max_concurrency: Option<u32>,
 }
 
 impl Core {
@@ -173,6 +273,8 @@ impl Core {
             results,
             running: 0,
             running_by_type: HashMap::new(),
+            done_here: 0,
+            workers: Workers::default(),
             tx,
             journal,
             journaled_tx,
@@ -212,15 +314,18 @@ impl Core {
                 }
                 continue;
             }
-            let Some(spec) = self.manifest.task(&record.name).map(Arc::clone) else {
-                let error = format!("task '{}' is no longer in the manifest", record.name);
-                record.status = Status::Failure;
-                record.error = Some(error);
-                record.finished_at = Some(now);
-                self.persist(vec![record.clone()]);
-                forgotten.extend(self.results.insert(record));
+            if self.manifest.task(&record.name).is_none() {
+                tracing::warn!(task_id = %record.task_id, name = %record.name, "task type not in this manifest: the task waits for a subworker that defines it");
+            }
+            // Running on a subworker: the lease stays that worker's if it
+            // registers again in time, holding it (see `restore_lease`).
+            if record.status == Status::Running
+                && let (Some(worker), Some(lease)) = (record.worker.clone(), record.lease.clone())
+            {
+                self.restore_lease(record, &worker, &lease);
+                requeued += 1;
                 continue;
-            };
+            }
             if record.status == Status::Running {
                 let lost = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1;
                 record.attempts.push(serde_json::json!({
@@ -237,18 +342,8 @@ impl Core {
                 Status::Queued
             };
             self.persist(vec![record.clone()]);
-            self.active.insert(
-                task_id.clone(),
-                Active {
-                    spec,
-                    waiters: Vec::new(),
-                    running: None,
-                    cancel_requested: false,
-                    timer: None,
-                    finishing: None,
-                    record,
-                },
-            );
+            self.active
+                .insert(task_id.clone(), Active::new(record, Vec::new()));
             self.place(&task_id);
             requeued += 1;
         }
@@ -307,6 +402,8 @@ impl Core {
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let mut sweep = tokio::time::interval_at(Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
         let mut kill_at: Option<Instant> = None;
+        let mut worker_tick = tokio::time::interval(WORKER_TICK);
+        worker_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Tasks taken back from the journal start now, not at the first event.
         self.dispatch();
         loop {
@@ -325,6 +422,7 @@ impl Core {
                     tracing::debug!(swept = expired.len(), kept = self.results.len(), "result cache swept");
                     self.forget(expired);
                 }
+                _ = worker_tick.tick() => self.check_workers(),
                 () = shutdown.cancelled(), if !self.draining => {
                     kill_at = Some(Instant::now() + self.settings.shutdown_grace);
                     self.drain();
@@ -336,7 +434,9 @@ impl Core {
                 }
             }
             if self.draining {
-                if self.running == 0 && self.awaiting_disk == 0 {
+                // Tasks on subworkers are waited for too: their results
+                // still come in while the management socket serves.
+                if self.running == 0 && self.workers.leases.is_empty() && self.awaiting_disk == 0 {
                     break;
                 }
             } else {
@@ -413,7 +513,38 @@ impl Core {
                     cached_results: self.results.len(),
                 });
             }
-            Command::Finished { task_id, execution } => self.finished(&task_id, *execution),
+            Command::Finished { task_id, execution } => {
+                self.finished(&task_id, *execution, None);
+            }
+            Command::Register {
+                registration,
+                respond,
+            } => {
+                let _ = respond.send(self.register(*registration));
+            }
+            Command::Poll { poll, respond } => self.poll(poll, respond),
+            Command::WorkResult {
+                hello,
+                lease,
+                execution,
+                respond,
+            } => {
+                let _ = respond.send(self.work_result(&hello, &lease, *execution));
+            }
+            Command::Release {
+                hello,
+                lease,
+                reason,
+                respond,
+            } => {
+                let _ = respond.send(self.release(&hello, &lease, &reason));
+            }
+            Command::Deregister { hello, respond } => {
+                let _ = respond.send(self.deregister(&hello));
+            }
+            Command::Workers { respond } => {
+                let _ = respond.send(self.worker_list());
+            }
             Command::ForceStop => self.cancel_running(),
         }
     }
@@ -476,7 +607,7 @@ impl Core {
         let Some(active) = self
             .active
             .get(task_id)
-            .filter(|a| a.finishing.is_none() && a.running.is_none() && a.timer.is_none())
+            .filter(|a| a.finishing.is_none() && !a.is_running() && a.timer.is_none())
         else {
             return;
         };
@@ -528,8 +659,8 @@ impl Core {
                 }
                 None => {}
             }
-            if self.manifest.task(&task.name).is_none() {
-                return Err(self.manifest.unknown_task(&task.name));
+            if self.policy(&task.name).is_none() {
+                return Err(self.unknown_task(&task.name));
             }
             fresh += 1;
         }
@@ -573,10 +704,10 @@ impl Core {
             }
             return (None, done.status);
         }
-        let Some(spec) = self.manifest.task(&task.name).map(Arc::clone) else {
+        let Some(policy) = self.policy(&task.name) else {
             return (None, Status::Failure);
         };
-        let priority = task.priority.unwrap_or(spec.priority);
+        let priority = task.priority.unwrap_or(policy.priority);
         let now = Utc::now();
         let future_eta = task.eta.filter(|eta| *eta > now);
         let record = TaskRecord {
@@ -600,16 +731,10 @@ impl Core {
             attempts: Vec::new(),
             callback: task.callback,
             callback_sent: None,
+            worker: None,
+            lease: None,
         };
-        let active = Active {
-            record,
-            spec,
-            waiters: task.waiter.into_iter().collect(),
-            running: None,
-            cancel_requested: false,
-            timer: None,
-            finishing: None,
-        };
+        let active = Active::new(record, task.waiter.into_iter().collect());
         let status = active.record.status;
         tracing::debug!(task_id = %task.task_id, name = %task.name, %priority, status = status.as_str(), "task accepted");
         self.active.insert(task.task_id.clone(), active);
@@ -646,45 +771,119 @@ impl Core {
         }
     }
 
-    /// Starts tasks while there are free slots (see [`DispatchQueue::pop_next`]
-    /// for the order).
+    /// Hands out waiting tasks while there is room: in the queue's order
+    /// (see [`DispatchQueue::pop_next`]), each to the least-loaded subworker
+    /// that defines it and has a free slot, else to the control plane's own
+    /// slots. Subworkers come first: the control plane runs a task itself
+    /// only when no subworker can take it now.
     fn dispatch(&mut self) {
-        while self.running < self.settings.concurrency {
+        loop {
+            let local_free = self.settings.local_tasks && self.running < self.settings.concurrency;
+            if !local_free && !self.workers.any_free() {
+                break;
+            }
             let next = {
-                let (manifest, by_type) = (&self.manifest, &self.running_by_type);
+                let (manifest, by_type, workers) =
+                    (&self.manifest, &self.running_by_type, &self.workers);
+                let policy = |name: &str| Self::policy_in(manifest, workers, name);
                 self.queue.pop_next(|name| {
-                    let limit = manifest.task(name).and_then(|spec| spec.max_concurrency);
+                    let limit = policy(name).and_then(|p| p.max_concurrency);
                     let running = by_type.get(name).copied().unwrap_or(0);
                     limit.is_none_or(|limit| running < limit)
+                        && ((local_free && manifest.task(name).is_some()) || workers.can_take(name))
                 })
             };
             let Some((_, waiting)) = next else { break };
-            self.start(&waiting.task_id);
+            match self.workers.least_loaded(&waiting.name) {
+                Some(worker) => self.lease_to(&worker, &waiting.task_id),
+                None => self.start(&waiting.task_id),
+            }
+        }
+        for lease in self.workers.flush() {
+            self.lose_lease(&lease, None);
         }
     }
 
-    fn start(&mut self, task_id: &str) {
-        let Some(active) = self.active.get_mut(task_id) else {
-            return;
-        };
-        let token = CancellationToken::new();
-        active.running = Some(token.clone());
+    /// The scheduling policy of a task type, if anyone defines it.
+    fn policy(&self, name: &str) -> Option<Policy> {
+        Self::policy_in(&self.manifest, &self.workers, name)
+    }
+
+    fn policy_in(manifest: &Manifest, workers: &Workers, name: &str) -> Option<Policy> {
+        match manifest.task(name) {
+            Some(spec) => Some(Policy {
+                priority: spec.priority,
+                retries: spec.retries,
+                retry_backoff: spec.retry_backoff,
+                max_concurrency: spec.max_concurrency,
+            }),
+            None => workers.offer(name).map(|offer| Policy {
+                priority: offer.priority,
+                retries: offer.retries,
+                retry_backoff: Duration::from_millis(offer.retry_backoff_ms),
+                max_concurrency: offer.max_concurrency,
+            }),
+        }
+    }
+
+    fn unknown_task(&self, name: &str) -> String {
+        let theirs: Vec<String> = self
+            .workers
+            .names()
+            .into_iter()
+            .filter(|n| self.manifest.task(n).is_none())
+            .collect();
+        let ours = self.manifest.unknown_task(name);
+        if theirs.is_empty() {
+            ours
+        } else {
+            format!("{ours}; from subworkers: {}", theirs.join(", "))
+        }
+    }
+
+    /// Marks a task's attempt as started (here, or on `worker` under `lease`).
+    fn mark_started(&mut self, task_id: &str, on: Option<(&str, &str)>) -> Option<TaskRequest> {
+        let active = self.active.get_mut(task_id)?;
         let now = Utc::now();
         active.record.status = Status::Running;
         active.record.started_at.get_or_insert(now);
         active.record.attempt_started_at = Some(now);
+        active.record.worker = on.map(|(worker, _)| worker.to_owned());
+        active.record.lease = on.map(|(_, lease)| lease.to_owned());
         let request = TaskRequest {
             task_id: task_id.to_owned(),
             name: active.record.name.clone(),
             args: active.record.args.clone(),
             kwargs: active.record.kwargs.clone(),
-            attempt: u32::try_from(active.record.attempts.len()).unwrap_or(u32::MAX) + 1,
+            attempt: active.next_attempt(),
         };
-        let spec = Arc::clone(&active.spec);
+        *self
+            .running_by_type
+            .entry(active.record.name.clone())
+            .or_default() += 1;
         let record = active.record.clone();
         self.persist(vec![record]);
+        Some(request)
+    }
+
+    /// Runs a task here.
+    fn start(&mut self, task_id: &str) {
+        let Some(spec) = self
+            .active
+            .get(task_id)
+            .and_then(|a| self.manifest.task(&a.record.name))
+            .map(Arc::clone)
+        else {
+            return;
+        };
+        let Some(request) = self.mark_started(task_id, None) else {
+            return;
+        };
+        let token = CancellationToken::new();
+        if let Some(active) = self.active.get_mut(task_id) {
+            active.running = Some(token.clone());
+        }
         self.running += 1;
-        *self.running_by_type.entry(spec.name.clone()).or_default() += 1;
         let (executor, tx) = (Arc::clone(&self.executor), self.tx.clone());
         tokio::spawn(async move {
             let execution = executor.run(&spec, &request, &token).await;
@@ -697,35 +896,69 @@ impl Core {
         });
     }
 
-    fn finished(&mut self, task_id: &str, execution: crate::executor::Execution) {
-        self.running = self.running.saturating_sub(1);
+    /// Hands a task to a subworker's waiting poll, under a new lease.
+    fn lease_to(&mut self, worker: &str, task_id: &str) {
+        let lease = uuid::Uuid::new_v4().simple().to_string();
+        let Some(request) = self.mark_started(task_id, Some((worker, &lease))) else {
+            return;
+        };
+        if let Some(active) = self.active.get_mut(task_id) {
+            active.lease = Some(lease.clone());
+        }
+        tracing::debug!(%task_id, %worker, %lease, "task leased to a subworker");
+        self.workers.assign(
+            worker,
+            task_id,
+            Lease {
+                lease,
+                task_id: request.task_id,
+                name: request.name,
+                args: request.args,
+                kwargs: request.kwargs,
+                attempt: request.attempt,
+            },
+        );
+    }
+
+    /// An attempt ran to its end, here or (`worker`) on a subworker.
+    fn finished(&mut self, task_id: &str, execution: Execution, worker: Option<&str>) {
+        if worker.is_none() {
+            self.running = self.running.saturating_sub(1);
+            self.done_here += 1;
+        }
         if let Some(n) = self.running_by_type.get_mut(&execution.name) {
             *n = n.saturating_sub(1);
         }
         let draining = self.draining;
+        let Some(policy) = self
+            .active
+            .get(task_id)
+            .and_then(|a| self.policy(&a.record.name))
+        else {
+            return;
+        };
         let Some(active) = self.active.get_mut(task_id) else {
             return;
         };
         active.running = None;
+        active.lease = None;
         active.record.attempt_started_at = None;
-        active
-            .record
-            .attempts
-            .push(serde_json::to_value(&execution).unwrap_or(Value::Null));
+        active.record.worker = None;
+        active.record.lease = None;
+        let mut attempt = serde_json::to_value(&execution).unwrap_or(Value::Null);
+        if let (Some(worker), Some(fields)) = (worker, attempt.as_object_mut()) {
+            fields.insert("worker".to_owned(), Value::from(worker));
+        }
+        active.record.attempts.push(attempt);
         // An attempt cut short by a stop of the control plane is listed but
         // does not count against `retries`: the task was not at fault.
-        let counted = active
-            .record
-            .attempts
-            .iter()
-            .filter(|a| a["status"] != LOST)
-            .count();
-        let counted = u32::try_from(counted).unwrap_or(u32::MAX);
+        let counted = active.counted_attempts();
         let cancel_requested = active.cancel_requested;
         let retry = !draining
             && !cancel_requested
-            && retry::should_retry(&active.spec, &execution.outcome, counted);
-        let backoff = active.spec.retry_backoff;
+            && execution.outcome.is_retryable()
+            && retry::retryable(policy.retries, counted);
+        let backoff = policy.retry_backoff;
         match execution.outcome {
             Outcome::Success { result } => self.finish(task_id, Status::Success, result, None),
             Outcome::Cancelled => {
@@ -856,17 +1089,29 @@ impl Core {
                     ),
                 };
             }
-            if let Some(token) = &active.running {
-                // Its process group is stopped; the attempt then ends cancelled.
-                // The journal says cancelled at once, so that a replay after a
-                // crash does not run it again.
+            if active.is_running() {
+                // Its process group is stopped (here, or by its subworker,
+                // told in the reply to its poll); the attempt then ends
+                // cancelled. The journal says cancelled at once, so that a
+                // replay after a crash does not run it again.
                 active.cancel_requested = true;
-                token.cancel();
+                if let Some(token) = &active.running {
+                    token.cancel();
+                }
+                if let Some(lease) = &active.lease
+                    && let Some(info) = self.workers.leases.get(lease)
+                    && let Some(worker) = self.workers.by_id.get_mut(&info.worker_id)
+                {
+                    worker.cancels.push(lease.clone());
+                }
                 let mut cancelled = active.record.clone();
                 cancelled.status = Status::Cancelled;
                 cancelled.error = Some("cancelled".to_owned());
                 cancelled.finished_at = Some(Utc::now());
                 self.persist(vec![cancelled]);
+                for lease in self.workers.flush() {
+                    self.lose_lease(&lease, None);
+                }
                 return reply(true, Status::Running, None);
             }
             self.queue.remove(task_id);
@@ -898,6 +1143,460 @@ impl Core {
         }
     }
 
+    /// A task that ran on `worker` under `lease` when the control plane
+    /// stopped: the lease stays the worker's, which has [`REJOIN_GRACE`]
+    /// to register again and claim it; otherwise the task runs elsewhere.
+    ///
+    /// [`REJOIN_GRACE`]: workers::REJOIN_GRACE
+    fn restore_lease(&mut self, record: TaskRecord, worker_id: &str, lease: &str) {
+        let task_id = record.task_id.clone();
+        *self.running_by_type.entry(record.name.clone()).or_default() += 1;
+        let request = Lease {
+            lease: lease.to_owned(),
+            task_id: task_id.clone(),
+            name: record.name.clone(),
+            args: record.args.clone(),
+            kwargs: record.kwargs.clone(),
+            attempt: u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1,
+        };
+        let mut active = Active::new(record, Vec::new());
+        active.lease = Some(lease.to_owned());
+        self.active.insert(task_id.clone(), active);
+        let worker = self
+            .workers
+            .by_id
+            .entry(worker_id.to_owned())
+            .or_insert_with(|| Worker {
+                id: worker_id.to_owned(),
+                session: None,
+                address: "(not registered since the restart)".to_owned(),
+                capacity: 0,
+                offers: Default::default(),
+                state: State::Active,
+                // Silent for INACTIVE_AFTER from this moment + the grace.
+                last_seen: Instant::now() + workers::REJOIN_GRACE - workers::INACTIVE_AFTER,
+                last_seen_at: None,
+                registered_at: None,
+                leases: Default::default(),
+                done: 0,
+                held: None,
+                cancels: Vec::new(),
+                warnings: Vec::new(),
+            });
+        worker.leases.insert(lease.to_owned());
+        self.workers.leases.insert(
+            lease.to_owned(),
+            workers::LeaseInfo {
+                worker_id: worker_id.to_owned(),
+                task_id,
+                issued_in: 0,
+                lease: request,
+            },
+        );
+    }
+
+    /// A subworker registers: new, back after a silence, or the same one
+    /// again after a restart of the control plane (its leases stay its).
+    fn register(&mut self, reg: Registration) -> Registered {
+        let id = reg.hello.worker_id.clone();
+        let refuse = |error: String| Registered {
+            registered: false,
+            error: Some(error),
+            warnings: Vec::new(),
+            cancel: Vec::new(),
+        };
+        if id.is_empty() {
+            return refuse("a subworker needs a non-empty worker id".to_owned());
+        }
+        if let Some(old) = self.workers.by_id.get(&id)
+            && old.state != State::Inactive
+            && old
+                .session
+                .as_ref()
+                .is_some_and(|s| *s != reg.hello.session)
+        {
+            return refuse(format!(
+                "worker id '{id}' is taken by another running subworker ({}, last heard from {} ago); give each subworker its own --worker-id",
+                old.address,
+                humantime::format_duration(Duration::from_millis(
+                    u64::try_from(old.last_seen.elapsed().as_millis()).unwrap_or(u64::MAX)
+                )),
+            ));
+        }
+        // Leases: kept where both sides know them; the worker's own that the
+        // control plane no longer gives it are stopped; the control plane's
+        // that the worker does not hold were lost with its process.
+        let claimed: std::collections::HashSet<&String> = reg.running.iter().collect();
+        let (held, done, registered_at) = match self.workers.by_id.get(&id) {
+            Some(old) => (
+                old.leases.iter().cloned().collect::<Vec<_>>(),
+                old.done,
+                old.registered_at
+                    .filter(|_| old.session.as_ref() == Some(&reg.hello.session)),
+            ),
+            None => (Vec::new(), 0, None),
+        };
+        for lease in held.iter().filter(|l| !claimed.contains(l)) {
+            self.lose_lease(
+                lease,
+                Some(format!(
+                    "subworker '{id}' came back without this task (it restarted)"
+                )),
+            );
+        }
+        let cancel: Vec<String> = reg
+            .running
+            .iter()
+            .filter(|l| !held.contains(l))
+            .cloned()
+            .collect();
+        let warnings = self.definition_warnings(&id, &reg.tasks);
+        for warning in &warnings {
+            tracing::warn!(worker = %id, "{warning}");
+        }
+        let now = Utc::now();
+        let leases = self
+            .workers
+            .by_id
+            .remove(&id)
+            .map(|old| old.leases)
+            .unwrap_or_default();
+        tracing::info!(worker = %id, address = %reg.address, capacity = reg.capacity, tasks = reg.tasks.len(), kept = leases.len(), "subworker registered");
+        self.workers.by_id.insert(
+            id.clone(),
+            Worker {
+                id,
+                session: Some(reg.hello.session),
+                address: reg.address,
+                capacity: reg.capacity,
+                offers: reg.tasks,
+                state: State::Active,
+                last_seen: Instant::now(),
+                last_seen_at: Some(now),
+                registered_at: registered_at.or(Some(now)),
+                leases,
+                done,
+                held: None,
+                cancels: Vec::new(),
+                warnings: warnings.clone(),
+            },
+        );
+        Registered {
+            registered: true,
+            error: None,
+            warnings,
+            cancel,
+        }
+    }
+
+    /// Tasks `worker` defines differently from the control plane's
+    /// manifest or from another worker.
+    fn definition_warnings(
+        &self,
+        worker: &str,
+        offers: &std::collections::BTreeMap<String, crate::protocol::TaskOffer>,
+    ) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (name, offer) in offers {
+            if let Some(spec) = self.manifest.task(name) {
+                let ours = spec.digest(&self.manifest.dir);
+                if ours != offer.digest {
+                    warnings.push(format!(
+                        "task '{name}' is defined differently on subworker '{worker}' (digest {}) than on the control plane (digest {ours})",
+                        offer.digest
+                    ));
+                }
+            }
+            for other in self.workers.by_id.values().filter(|w| w.id != worker) {
+                if let Some(theirs) = other.offers.get(name)
+                    && theirs.digest != offer.digest
+                {
+                    warnings.push(format!(
+                        "task '{name}' is defined differently on subworker '{worker}' (digest {}) than on subworker '{}' (digest {})",
+                        offer.digest, other.id, theirs.digest
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+
+    /// A subworker's heartbeat and request for work: answered at once when
+    /// there is something to say, else held (see [`super::workers`]).
+    fn poll(&mut self, poll: Poll, respond: oneshot::Sender<PollReply>) {
+        let Some(worker) = self
+            .workers
+            .by_id
+            .get_mut(&poll.hello.worker_id)
+            .filter(|w| w.state != State::Inactive)
+            .filter(|w| w.session.as_ref() == Some(&poll.hello.session))
+        else {
+            let _ = respond.send(PollReply {
+                reregister: true,
+                ..PollReply::default()
+            });
+            return;
+        };
+        worker.last_seen = Instant::now();
+        worker.last_seen_at = Some(Utc::now());
+        if poll.draining && worker.state == State::Active {
+            tracing::info!(worker = %worker.id, "subworker draining: no new tasks for it");
+            worker.state = State::Draining;
+        }
+        // An earlier poll that is still held was given up by the worker.
+        if let Some(old) = worker.held.take() {
+            let _ = old.respond.send(PollReply::default());
+        }
+        let claimed: std::collections::HashSet<&String> = poll.running.iter().collect();
+        let mut lost = Vec::new();
+        let mut resend = Vec::new();
+        for lease in &worker.leases {
+            if claimed.contains(lease) {
+                continue;
+            }
+            match self.workers.leases.get(lease) {
+                // Sent in the reply to an earlier poll, and not there: that
+                // reply never arrived.
+                Some(info) if info.issued_in != 0 && info.issued_in < poll.seq => {
+                    lost.push(lease.clone());
+                }
+                // This very poll again (NNG resent it): so is its reply.
+                Some(info) if info.issued_in == poll.seq => resend.push(info.lease.clone()),
+                _ => {}
+            }
+        }
+        let mut cancel = std::mem::take(&mut worker.cancels);
+        cancel.extend(
+            poll.running
+                .iter()
+                .filter(|l| !worker.leases.contains(*l))
+                .cloned(),
+        );
+        if cancel.is_empty() && resend.is_empty() {
+            worker.held = Some(Held {
+                seq: poll.seq,
+                since: Instant::now(),
+                respond,
+                tasks: Vec::new(),
+            });
+        } else {
+            let _ = respond.send(PollReply {
+                tasks: resend,
+                cancel,
+                reregister: false,
+            });
+        }
+        for lease in lost {
+            tracing::warn!(%lease, "a lease never reached its subworker; the task is queued again");
+            self.lose_lease(&lease, None);
+        }
+    }
+
+    /// A subworker's report of a leased run: applied only if the lease is
+    /// still that worker's (a late report of a revoked lease is dropped:
+    /// the task already runs, or ran, elsewhere).
+    fn work_result(&mut self, hello: &Hello, lease: &str, execution: Execution) -> Applied {
+        let Some(info) = self.take_lease(hello, lease) else {
+            tracing::info!(worker = %hello.worker_id, %lease, task_id = %execution.task_id, "late result of a revoked lease dropped: the task ran again elsewhere");
+            return Applied {
+                applied: false,
+                error: None,
+            };
+        };
+        if let Some(worker) = self.workers.get_mut(&hello.worker_id) {
+            worker.done += 1;
+        }
+        self.finished(&info.task_id, execution, Some(&hello.worker_id));
+        Applied {
+            applied: true,
+            error: None,
+        }
+    }
+
+    /// Takes back `lease` from the worker `hello` names, if it is its.
+    fn take_lease(&mut self, hello: &Hello, lease: &str) -> Option<workers::LeaseInfo> {
+        let ours = self
+            .workers
+            .leases
+            .get(lease)
+            .is_some_and(|info| info.worker_id == hello.worker_id);
+        if !ours {
+            return None;
+        }
+        if let Some(worker) = self
+            .workers
+            .get_mut(&hello.worker_id)
+            .filter(|w| w.session.as_ref() == Some(&hello.session))
+        {
+            worker.last_seen = Instant::now();
+            worker.last_seen_at = Some(Utc::now());
+        }
+        self.workers.remove_lease(lease)
+    }
+
+    /// A stopping subworker hands a task back: it runs elsewhere, and the
+    /// interrupted attempt does not count against `retries`.
+    fn release(&mut self, hello: &Hello, lease: &str, reason: &str) -> Applied {
+        let applied = self
+            .workers
+            .leases
+            .get(lease)
+            .is_some_and(|info| info.worker_id == hello.worker_id);
+        if applied {
+            self.requeue_lease(
+                lease,
+                Some((
+                    HANDED_BACK,
+                    format!("handed back by subworker '{}': {reason}", hello.worker_id),
+                )),
+            );
+        }
+        Applied {
+            applied,
+            error: None,
+        }
+    }
+
+    fn deregister(&mut self, hello: &Hello) -> Applied {
+        let ours = self
+            .workers
+            .by_id
+            .get(&hello.worker_id)
+            .is_some_and(|w| w.session.as_ref() == Some(&hello.session));
+        if !ours {
+            return Applied {
+                applied: false,
+                error: Some(format!(
+                    "no subworker '{}' with this session",
+                    hello.worker_id
+                )),
+            };
+        }
+        let leases: Vec<String> = self
+            .workers
+            .by_id
+            .get(&hello.worker_id)
+            .map(|w| w.leases.iter().cloned().collect())
+            .unwrap_or_default();
+        for lease in &leases {
+            self.lose_lease(
+                lease,
+                Some(format!(
+                    "subworker '{}' left while running it",
+                    hello.worker_id
+                )),
+            );
+        }
+        self.workers.by_id.remove(&hello.worker_id);
+        tracing::info!(worker = %hello.worker_id, "subworker deregistered");
+        Applied {
+            applied: true,
+            error: None,
+        }
+    }
+
+    /// A lease that is no longer its worker's: with `reason`, an attempt
+    /// that may have started and is listed as lost; without, one that never
+    /// reached the worker.
+    fn lose_lease(&mut self, lease: &str, reason: Option<String>) {
+        self.requeue_lease(lease, reason.map(|r| (LOST, r)));
+    }
+
+    /// Takes `lease` back and queues its task again (or ends it cancelled,
+    /// if a cancel was on its way), listing the cut-short attempt with
+    /// `status` and `error` when given. Such attempts do not count against
+    /// `retries`.
+    fn requeue_lease(&mut self, lease: &str, attempt: Option<(&str, String)>) {
+        let Some(info) = self.workers.remove_lease(lease) else {
+            return;
+        };
+        let task_id = info.task_id;
+        let Some(active) = self
+            .active
+            .get_mut(&task_id)
+            .filter(|a| a.lease.as_deref() == Some(lease))
+        else {
+            return;
+        };
+        if let Some(n) = self.running_by_type.get_mut(&active.record.name) {
+            *n = n.saturating_sub(1);
+        }
+        active.lease = None;
+        let started = active.record.attempt_started_at.take();
+        active.record.worker = None;
+        active.record.lease = None;
+        if let Some((status, error)) = attempt {
+            tracing::warn!(%task_id, worker = %info.worker_id, "{error}; the task runs again");
+            let number = active.next_attempt();
+            active.record.attempts.push(serde_json::json!({
+                "attempt": number,
+                "status": status,
+                "error": format!("{error}; the task runs again (this attempt does not count against retries)"),
+                "worker": info.worker_id,
+                "started_at": started,
+            }));
+        }
+        if active.cancel_requested {
+            self.finish(
+                &task_id,
+                Status::Cancelled,
+                Value::Null,
+                Some("cancelled".to_owned()),
+            );
+            return;
+        }
+        active.record.status = Status::Queued;
+        let record = active.record.clone();
+        self.persist(vec![record]);
+        self.place(&task_id);
+    }
+
+    /// Answers polls held long enough, and moves the tasks of workers gone
+    /// silent elsewhere.
+    fn check_workers(&mut self) {
+        if self.workers.by_id.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.workers.expire_polls(now);
+        for (worker, leases) in self.workers.silent(now) {
+            tracing::warn!(%worker, leases = leases.len(), "subworker silent for {}: inactive; its tasks run elsewhere", humantime::format_duration(workers::INACTIVE_AFTER));
+            for lease in leases {
+                self.lose_lease(
+                    &lease,
+                    Some(format!(
+                        "subworker '{worker}' stopped answering while running this attempt"
+                    )),
+                );
+            }
+        }
+    }
+
+    fn worker_list(&self) -> Vec<WorkerInfo> {
+        let local = WorkerInfo {
+            worker_id: self.settings.worker_id.clone(),
+            kind: "control-plane".to_owned(),
+            address: "(this control plane)".to_owned(),
+            status: if self.settings.local_tasks {
+                "local".to_owned()
+            } else {
+                "coordinator only".to_owned()
+            },
+            load: self.running,
+            capacity: if self.settings.local_tasks {
+                self.settings.concurrency
+            } else {
+                0
+            },
+            tasks_done: self.done_here,
+            last_seen: Some(Utc::now()),
+            registered_at: None,
+            tasks: self.manifest.tasks.keys().cloned().collect(),
+            warnings: Vec::new(),
+        };
+        std::iter::once(local).chain(self.workers.list()).collect()
+    }
+
     /// Stops every running task's process group; each then ends cancelled.
     fn cancel_running(&mut self) {
         for task in self.active.values_mut() {
@@ -905,6 +1604,16 @@ impl Core {
                 task.cancel_requested = true;
                 token.cancel();
             }
+            if let Some(lease) = &task.lease
+                && let Some(info) = self.workers.leases.get(lease)
+                && let Some(worker) = self.workers.by_id.get_mut(&info.worker_id)
+            {
+                task.cancel_requested = true;
+                worker.cancels.push(lease.clone());
+            }
+        }
+        for lease in self.workers.flush() {
+            self.lose_lease(&lease, None);
         }
     }
 
@@ -920,7 +1629,7 @@ impl Core {
                 "shutting down: no new tasks; waiting tasks stay in the journal, running ones may finish"
             );
             for active in self.active.values_mut() {
-                if active.running.is_none() && active.finishing.is_none() {
+                if !active.is_running() && active.finishing.is_none() {
                     let mut record = active.record.clone();
                     record.error = Some(format!(
                         "the control plane is shutting down; the task stays {} in the journal and runs after the next start",
@@ -964,6 +1673,7 @@ impl std::fmt::Debug for Core {
             .field("active", &self.active.len())
             .field("queued", &self.queue.len())
             .field("running", &self.running)
+            .field("workers", &self.workers.by_id.len())
             .finish_non_exhaustive()
     }
 }

@@ -7,8 +7,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::core::{Command, NewTask};
 use crate::manifest::Manifest;
 use crate::protocol::{
-    self, Ack, BatchReply, CancelReply, ErrorReply, Query, ReplyMode, ResultReply, Status,
-    StatusReply, Submit, TaskInfo, TaskList, TaskResult, WireTask,
+    self, Ack, Applied, BatchReply, CancelReply, ErrorReply, Manage, Query, Registered, ReplyMode,
+    ResultReply, Status, StatusReply, Submit, TaskInfo, TaskList, TaskResult, WireTask, WorkerInfo,
+    WorkerList,
 };
 
 const SHUT_DOWN: &str = "the control plane is shutting down";
@@ -62,6 +63,11 @@ impl CoreHandle {
 
     pub async fn stats(&self) -> Option<super::core::Stats> {
         self.ask(|respond| Command::Stats { respond }).await
+    }
+
+    /// The control plane's own slots, then each subworker.
+    pub async fn workers(&self) -> Option<Vec<WorkerInfo>> {
+        self.ask(|respond| Command::Workers { respond }).await
     }
 }
 
@@ -185,9 +191,24 @@ fn new_task(
     })
 }
 
-/// The query socket: results, status, cancel, the task list.
-pub async fn query(core: &CoreHandle, manifest: &Arc<Manifest>, bytes: Vec<u8>) -> Vec<u8> {
+/// What the query socket says about the control plane itself.
+#[derive(Debug)]
+pub struct About {
+    pub manifest: Arc<Manifest>,
+    pub info: protocol::Info,
+}
+
+/// The query socket: results, status, cancel, the task list, the workers.
+pub async fn query(core: &CoreHandle, about: &About, bytes: Vec<u8>) -> Vec<u8> {
+    let manifest = &about.manifest;
     match Query::decode(&bytes) {
+        Ok(Query::Info) => protocol::encode(&about.info),
+        Ok(Query::Workers) => match core.workers().await {
+            Some(workers) => protocol::encode(&WorkerList { workers }),
+            None => protocol::encode(&ErrorReply {
+                error: SHUT_DOWN.to_owned(),
+            }),
+        },
         Err(error) => protocol::encode(&ErrorReply { error }),
         Ok(Query::Result { task_id }) => protocol::encode(&match core.get(task_id.clone()).await {
             Some(record) => ResultReply {
@@ -227,5 +248,82 @@ pub async fn query(core: &CoreHandle, manifest: &Arc<Manifest>, bytes: Vec<u8>) 
                 })
                 .collect(),
         }),
+    }
+}
+
+/// The management socket: what subworkers send (see [`protocol::Manage`]).
+pub async fn manage(core: &CoreHandle, bytes: Vec<u8>) -> Vec<u8> {
+    let message = match protocol::decode::<Manage>(&bytes) {
+        Ok(message) => message,
+        Err(error) => return protocol::encode(&ErrorReply { error }),
+    };
+    let gone = || Applied {
+        applied: false,
+        error: Some(SHUT_DOWN.to_owned()),
+    };
+    match message {
+        Manage::Register(registration) => {
+            let registration = Box::new(registration);
+            let reply = core
+                .ask(|respond| Command::Register {
+                    registration,
+                    respond,
+                })
+                .await
+                .unwrap_or_else(|| Registered {
+                    registered: false,
+                    error: Some(SHUT_DOWN.to_owned()),
+                    warnings: Vec::new(),
+                    cancel: Vec::new(),
+                });
+            protocol::encode(&reply)
+        }
+        Manage::Poll(poll) => {
+            let reply = core
+                .ask(|respond| Command::Poll { poll, respond })
+                .await
+                .unwrap_or_default();
+            protocol::encode(&reply)
+        }
+        Manage::Result(result) => {
+            let execution = match serde_json::from_value(result.execution) {
+                Ok(execution) => Box::new(execution),
+                Err(e) => {
+                    return protocol::encode(&Applied {
+                        applied: false,
+                        error: Some(format!("not a run record: {e}")),
+                    });
+                }
+            };
+            let reply = core
+                .ask(|respond| Command::WorkResult {
+                    hello: result.hello,
+                    lease: result.lease,
+                    execution,
+                    respond,
+                })
+                .await
+                .unwrap_or_else(gone);
+            protocol::encode(&reply)
+        }
+        Manage::Release(release) => {
+            let reply = core
+                .ask(|respond| Command::Release {
+                    hello: release.hello,
+                    lease: release.lease,
+                    reason: release.reason,
+                    respond,
+                })
+                .await
+                .unwrap_or_else(gone);
+            protocol::encode(&reply)
+        }
+        Manage::Deregister(hello) => {
+            let reply = core
+                .ask(|respond| Command::Deregister { hello, respond })
+                .await
+                .unwrap_or_else(gone);
+            protocol::encode(&reply)
+        }
     }
 }

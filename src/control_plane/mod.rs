@@ -12,6 +12,7 @@ mod core;
 mod handlers;
 mod queue;
 mod results;
+mod workers;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -42,8 +43,11 @@ pub struct Config {
     pub subworker_port: Option<u16>,
     pub result_cache_size: NonZeroUsize,
     pub result_cache_ttl: Duration,
-    /// Tasks run at once.
+    /// Tasks run at once by the control plane itself.
     pub concurrency: usize,
+    /// Whether the control plane runs tasks itself when no subworker can
+    /// take them (`--no-local-tasks` turns it into a pure coordinator).
+    pub local_tasks: bool,
     /// Tasks that may wait (queued, scheduled or retrying) before submits are refused.
     pub max_queue: usize,
     /// How long running tasks may take to finish after a shutdown signal.
@@ -67,6 +71,7 @@ impl Config {
             result_cache_size: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
             result_cache_ttl: Duration::from_secs(3600),
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            local_tasks: true,
             max_queue: 100_000,
             shutdown_grace: Duration::from_secs(30),
             contexts_per_socket: 1024,
@@ -124,6 +129,13 @@ pub async fn start(
         submit_servers.push(ReplyServer::listen(endpoints.submit(priority)).await?);
     }
     let query_server = ReplyServer::listen(&endpoints.query).await?;
+    if endpoints.subworker.is_empty() {
+        return Err(ControlPlaneError::Address(format!(
+            "{}: no port for subworkers at base + 5; pass --subworker-port",
+            config.base_address
+        )));
+    }
+    let manage_server = ReplyServer::listen(&endpoints.subworker).await?;
     // Servers stop after the core has drained, so that blocking submits get
     // their answers.
     let servers_stop = CancellationToken::new();
@@ -157,6 +169,8 @@ pub async fn start(
         Arc::clone(&executor),
         self::core::Settings {
             concurrency: config.concurrency.max(1),
+            local_tasks: config.local_tasks,
+            worker_id: config.worker_id.clone(),
             max_queue: config.max_queue,
             shutdown_grace: config.shutdown_grace,
         },
@@ -188,16 +202,34 @@ pub async fn start(
         });
     }
     {
-        let (core, stop, manifest) = (handle.clone(), servers_stop.clone(), Arc::clone(&manifest));
+        let (core, stop) = (handle.clone(), servers_stop.clone());
+        let about = handlers::About {
+            manifest: Arc::clone(&manifest),
+            info: crate::protocol::Info {
+                worker_id: config.worker_id.clone(),
+                base_address: config.base_address.clone(),
+                subworker_address: endpoints.subworker.clone(),
+            },
+        };
         let contexts = config.contexts_per_socket;
         tasks.spawn(async move {
-            let (core, manifest) = (&core, &manifest);
+            let (core, about) = (&core, &about);
             query_server
                 .serve(
                     contexts,
-                    move |bytes| handlers::query(core, manifest, bytes),
+                    move |bytes| handlers::query(core, about, bytes),
                     stop,
                 )
+                .await;
+        });
+    }
+    {
+        let (core, stop) = (handle.clone(), servers_stop.clone());
+        let contexts = config.contexts_per_socket;
+        tasks.spawn(async move {
+            let core = &core;
+            manage_server
+                .serve(contexts, move |bytes| handlers::manage(core, bytes), stop)
                 .await;
         });
     }
@@ -205,6 +237,7 @@ pub async fn start(
         worker_id = %config.worker_id,
         submit = %format!("{} … {}", endpoints.submit(Priority::Critical), endpoints.submit(Priority::Low)),
         query = %endpoints.query,
+        subworkers = %endpoints.subworker,
         discovery = %config.discovery_address,
         concurrency = config.concurrency,
         tasks = manifest.tasks.len(),

@@ -235,6 +235,40 @@ impl Serialize for Execution {
     }
 }
 
+impl<'de> Deserialize<'de> for Execution {
+    /// Reads back what `serialize` wrote (a subworker's report of a run).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Record {
+            task_id: String,
+            name: String,
+            attempt: u32,
+            #[serde(flatten)]
+            outcome: Outcome,
+            started_at: DateTime<Utc>,
+            finished_at: DateTime<Utc>,
+            #[serde(with = "duration_ms")]
+            duration_ms: Duration,
+            #[serde(default)]
+            stderr: String,
+            #[serde(default)]
+            pid: Option<u32>,
+        }
+        let r = Record::deserialize(d)?;
+        Ok(Execution {
+            task_id: r.task_id,
+            name: r.name,
+            attempt: r.attempt,
+            outcome: r.outcome,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            duration: r.duration_ms,
+            stderr: r.stderr,
+            pid: r.pid,
+        })
+    }
+}
+
 /// How much of a task's stderr is kept: the last 64 KiB.
 pub const STDERR_TAIL: usize = 64 * 1024;
 
@@ -252,5 +286,49 @@ mod duration_ms {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let ms = f64::deserialize(d)?;
         Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_execution_reads_back_as_it_was_written() {
+        let started_at = Utc::now();
+        for outcome in [
+            Outcome::Success {
+                result: serde_json::json!({"sum": 8}),
+            },
+            Outcome::Failed {
+                exit: Some(ExitState::Code(3)),
+                error: Some(TaskError {
+                    kind: "ValueError".into(),
+                    message: "bad".into(),
+                    traceback: None,
+                }),
+                process_lost: false,
+            },
+            Outcome::Timeout {
+                limit: Duration::from_millis(1500),
+            },
+            Outcome::Cancelled,
+        ] {
+            let execution = Execution {
+                task_id: "t1".into(),
+                name: "add".into(),
+                attempt: 2,
+                outcome,
+                started_at,
+                finished_at: started_at,
+                duration: Duration::from_micros(1234),
+                stderr: "warning\n".into(),
+                pid: Some(42),
+            };
+            let json = serde_json::to_string(&execution).unwrap_or_default();
+            let back: Execution =
+                serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            assert_eq!(back, execution, "{json}");
+        }
     }
 }

@@ -33,7 +33,13 @@ pub fn delay(backoff: Duration, failed_attempt: u32) -> Duration {
 /// that count against `retries`), which ended with `outcome`, should be
 /// followed by another.
 pub fn should_retry(spec: &TaskSpec, outcome: &Outcome, attempt: u32) -> bool {
-    outcome.is_retryable() && attempt <= spec.retries
+    outcome.is_retryable() && retryable(spec.retries, attempt)
+}
+
+/// Whether `retries` allow another attempt after attempt number `attempt`
+/// (counting only the attempts that count against `retries`).
+pub fn retryable(retries: u32, attempt: u32) -> bool {
+    attempt <= retries
 }
 
 /// Runs a task until it succeeds, ends in a way that is not retried, runs out

@@ -136,6 +136,54 @@ pub struct TaskSpec {
     pub grace_period: Duration,
 }
 
+impl TaskSpec {
+    /// A digest of the task's definition (every option, how it runs, and the
+    /// script's content), with paths taken relative to `dir` (the manifest's
+    /// directory) so that the same manifest in two places gives the same
+    /// digest. Subworkers send it when they register, so that two workers
+    /// that define a task differently are noticed. 16 hex digits of SHA-256.
+    pub fn digest(&self, dir: &Path) -> String {
+        use sha2::{Digest, Sha256};
+        let relative = |p: &Path| p.strip_prefix(dir).unwrap_or(p).display().to_string();
+        let args: Vec<String> = self
+            .launch
+            .args
+            .iter()
+            .map(|a| relative(Path::new(a)))
+            .collect();
+        let mut hash = Sha256::new();
+        let options = format!(
+            "{}|{}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{}|{:?}|{:?}",
+            self.name,
+            self.how.describe(dir),
+            self.launch.requested,
+            args,
+            self.timeout,
+            self.retries,
+            self.retry_backoff,
+            self.env,
+            self.inherit_env,
+            relative(&self.cwd),
+            self.max_output,
+            self.max_concurrency,
+            self.mode,
+            self.pool_size,
+            self.max_tasks_per_process,
+            self.grace_period,
+        );
+        hash.update(options.as_bytes());
+        if let HowToRun::Script { path, .. } = &self.how {
+            // A script that cannot be read hashes as empty: running it will
+            // say what is wrong.
+            hash.update(std::fs::read(path).unwrap_or_default());
+        }
+        hash.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// The way a task is declared to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HowToRun {

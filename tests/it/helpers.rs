@@ -296,52 +296,138 @@ pub async fn spawn_control_plane_via(
     concurrency: u32,
     wrapper: &[&str],
 ) -> (tokio::process::Child, String) {
-    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (process, base) = spawn_control_plane_with(fx, concurrency, wrapper, &[]).await;
+    (process.child, base)
+}
+
+/// [`spawn_control_plane_via`] with `extra` flags; the process keeps its log.
+pub async fn spawn_control_plane_with(
+    fx: &Fixture,
+    concurrency: u32,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> (Logged, String) {
     loop {
         let port = 20_000 + rand_u16() % 40_000;
         let base = format!("tcp://127.0.0.1:{port}");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = tokio::process::Command::new(program);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => tokio::process::Command::new(BIN),
-        };
-        let mut child = command
-            .args(["control-plane", "--base-address", &base])
-            .args(["--concurrency", &concurrency.to_string()])
-            .args([
-                "--discovery-address",
-                &format!("tcp://127.0.0.1:{}", port + 6),
-            ])
-            .arg("--manifest")
-            .arg(fx.manifest_path())
-            .arg("--data-dir")
-            .arg(fx.path("data"))
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        // Log lines (warnings) may come before the one that says how it went.
-        let mut first = String::new();
-        while let Some(line) = lines.next_line().await.expect("read") {
-            if line.contains("ready") || line.contains("cannot start") {
-                first = line;
-                break;
+        match spawn_control_plane_at(fx, &base, concurrency, wrapper, extra).await {
+            Ok(process) => return (process, base),
+            // A busy port: try others. Anything else is fatal.
+            Err(line) => {
+                assert_contains(&line, "cannot start the control plane");
+                assert_contains(&line, "Address in use");
             }
         }
-        if first.contains("ready") {
-            // Keep draining stderr so the process never blocks on it.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return (child, base);
-        }
-        // A busy port: try others. Anything else is fatal.
-        assert_contains(&first, "cannot start the control plane");
-        assert_contains(&first, "Address in use");
-        let _ = child.wait().await;
     }
+}
+
+/// A `fastworker control-plane` on `base` (discovery on its port + 6), with
+/// its data dir in `fx`; the line that says why, if it did not start.
+pub async fn spawn_control_plane_at(
+    fx: &Fixture,
+    base: &str,
+    concurrency: u32,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> Result<Logged, String> {
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut args: Vec<String> = wrapper.iter().map(|s| (*s).to_owned()).collect();
+    args.push(BIN.to_owned());
+    args.extend(
+        [
+            "control-plane",
+            "--base-address",
+            base,
+            "--concurrency",
+            &concurrency.to_string(),
+            "--discovery-address",
+            &format!("tcp://127.0.0.1:{}", port + 6),
+            "--manifest",
+            &fx.manifest_path().display().to_string(),
+            "--data-dir",
+            &fx.path("data").display().to_string(),
+        ]
+        .map(str::to_owned),
+    );
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let (process, line) = spawn_logged(&args, &["ready"], &["cannot start"]).await;
+    match line {
+        Ok(_) => Ok(process),
+        Err(line) => {
+            let mut child = process.child;
+            let _ = child.wait().await;
+            Err(line)
+        }
+    }
+}
+
+/// A process whose stderr is kept, line by line, as it runs.
+pub struct Logged {
+    pub child: tokio::process::Child,
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    /// Whether a stderr line so far contains `needle`.
+    pub fn said(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("pid")
+    }
+
+    pub fn stderr(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+}
+
+/// Spawns `argv` and reads its stderr until a line contains one of `ok`
+/// (then `Ok(line)`) or one of `fail` (then `Err(line)`), or it ends
+/// (`Err`); stderr goes on being read into the log after that.
+pub async fn spawn_logged(
+    argv: &[String],
+    ok: &[&str],
+    fail: &[&str],
+) -> (Logged, Result<String, String>) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (program, args) = argv.split_first().expect("a program");
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut outcome = Err("the process ended before saying it was ready".to_owned());
+    while let Some(line) = lines.next_line().await.expect("read") {
+        log.lock().expect("log").push(line.clone());
+        if ok.iter().any(|w| line.contains(w)) {
+            outcome = Ok(line);
+            break;
+        }
+        if fail.iter().any(|w| line.contains(w)) {
+            outcome = Err(line);
+            break;
+        }
+    }
+    let keep = Arc::clone(&log);
+    // Keep draining stderr so the process never blocks on it.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            keep.lock().expect("log").push(line);
+        }
+    });
+    (Logged { child, log }, outcome)
 }
 
 /// Polls a task's status on a control plane until it is `status` (20 s at most).

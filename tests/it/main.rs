@@ -11,3 +11,4 @@ mod oneshot;
 mod pool;
 mod python_client;
 mod python_runner;
+mod subworkers;

@@ -1,0 +1,457 @@
+//! A subworker: runs tasks a control plane hands it, from its own manifest,
+//! through the same [`Executor`] as the control plane.
+//!
+//! It only dials out, to the control plane's management socket (base+5),
+//! and speaks [`protocol::Manage`]: it registers (its id, capacity, and each
+//! task's name and digest), then keeps one poll outstanding at a time. A
+//! poll is its heartbeat and its request for work: the control plane holds
+//! it until it has leases for it or cancels to pass on, or for
+//! [`POLL_HOLD_MS`]. Each run's record goes back as a `result` under its
+//! lease, sent again until the control plane acknowledges it; the lease is
+//! listed in every poll until then, so that a restarted control plane gives
+//! it back instead of running the task twice.
+//!
+//! On shutdown it drains: it says so in its next poll (no more work), lets
+//! running tasks finish for the grace period, hands back the ones still
+//! running after that, deregisters and returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientError};
+use crate::executor::{Execution, Executor, Outcome, TaskRequest};
+use crate::manifest::Manifest;
+use crate::protocol::{
+    Applied, Hello, Lease, Manage, POLL_HOLD_MS, Poll, PollReply, Registered, Registration,
+    Release, TaskOffer, WorkResult,
+};
+
+/// How long a report (result, release) waits for an answer before it is sent again.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pause before trying the control plane again after it did not answer.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// After the grace period, how long handed-back tasks and unreported
+/// results may take to reach the control plane before the subworker gives up.
+const REPORT_GRACE: Duration = Duration::from_secs(10);
+
+/// A subworker's settings (the `subworker` command's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub worker_id: String,
+    /// The control plane's base address; `None`: found on `discovery_address`.
+    pub control_plane: Option<String>,
+    pub discovery_address: String,
+    /// What `fastworker workers` shows as its address.
+    pub address: String,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// After a shutdown signal, how long running tasks may take before they
+    /// are handed back.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubworkerError {
+    #[error("{0}")]
+    Address(String),
+    #[error("stopped before a control plane was found")]
+    Stopped,
+}
+
+/// How a subworker's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Everything it ran was reported (or handed back) and acknowledged.
+    Clean,
+    /// Some reports never reached the control plane.
+    Unreported(usize),
+}
+
+enum Event {
+    Polled(Result<PollReply, ClientError>),
+    Ran { lease: String, execution: Execution },
+    Reported { lease: String },
+}
+
+struct Running {
+    cancel: CancellationToken,
+    /// Stopped because the grace period ran out: handed back, not reported.
+    hand_back: bool,
+}
+
+/// Runs a subworker until `shutdown` (then drains) or `force` (hands back
+/// at once). `on_registered` is called with the management address after
+/// each registration.
+pub async fn run(
+    config: Config,
+    manifest: Arc<Manifest>,
+    shutdown: CancellationToken,
+    force: CancellationToken,
+    on_registered: impl Fn(&str, &Registered),
+) -> Result<Ended, SubworkerError> {
+    let (client, manage) = connect(&config, &shutdown).await?;
+    // Its task processes carry this marker: a restart of this subworker
+    // (same id, same control plane) kills what a killed one left running.
+    let owner = format!("subworker:{}@{}", config.worker_id, client.endpoints().base);
+    let killed = crate::executor::kill_strays(&owner);
+    if killed > 0 {
+        tracing::warn!(
+            killed,
+            "killed the process groups of tasks left running by an earlier run of this subworker"
+        );
+    }
+    let executor = Arc::new(Executor::owned_by(&owner));
+    let hello = Hello {
+        worker_id: config.worker_id.clone(),
+        session: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let offers: BTreeMap<String, TaskOffer> = manifest
+        .tasks
+        .iter()
+        .map(|(name, spec)| {
+            let offer = TaskOffer {
+                digest: spec.digest(&manifest.dir),
+                priority: spec.priority,
+                retries: spec.retries,
+                retry_backoff_ms: u64::try_from(spec.retry_backoff.as_millis()).unwrap_or(u64::MAX),
+                max_concurrency: spec.max_concurrency,
+            };
+            (name.clone(), offer)
+        })
+        .collect();
+    let link = Link {
+        client,
+        manage,
+        hello,
+    };
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let (mut seq, mut registered, mut polling, mut draining) = (0u64, false, false, false);
+    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let mut hand_back_at: Option<Instant> = None;
+    let mut give_up_at: Option<Instant> = None;
+    loop {
+        if !registered && !polling {
+            let registration = Manage::Register(Registration {
+                hello: link.hello.clone(),
+                address: config.address.clone(),
+                capacity: config.concurrency,
+                tasks: offers.clone(),
+                running: running.keys().cloned().collect(),
+            });
+            match link
+                .send::<_, Registered>(&registration, REPORT_TIMEOUT)
+                .await
+            {
+                Ok(reply) if reply.registered => {
+                    registered = true;
+                    for lease in &reply.cancel {
+                        if let Some(r) = running.get(lease) {
+                            r.cancel.cancel();
+                        }
+                    }
+                    on_registered(&link.manage, &reply);
+                }
+                Ok(reply) => {
+                    tracing::warn!(
+                        "the control plane refused the registration: {}",
+                        reply.error.as_deref().unwrap_or("no reason given")
+                    );
+                }
+                Err(e) => tracing::warn!("cannot register: {e}"),
+            }
+            if !registered {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled(), if !draining => {}
+                }
+                // Stopped while the control plane is out of reach, with
+                // nothing held: there is nothing to hand back.
+                if shutdown.is_cancelled() && running.is_empty() {
+                    return Ok(Ended::Clean);
+                }
+            }
+        }
+        if draining && running.is_empty() {
+            let bye = Manage::Deregister(link.hello.clone());
+            if let Err(e) = link.send::<_, Applied>(&bye, REPORT_TIMEOUT).await {
+                tracing::warn!(
+                    "could not deregister (the control plane will notice the silence): {e}"
+                );
+            }
+            return Ok(Ended::Clean);
+        }
+        if registered && !polling {
+            seq += 1;
+            polling = true;
+            let poll = Manage::Poll(Poll {
+                hello: link.hello.clone(),
+                seq,
+                running: running.keys().cloned().collect(),
+                draining,
+            });
+            let (link, tx) = (link.clone(), events_tx.clone());
+            tokio::spawn(async move {
+                let wait = Duration::from_millis(POLL_HOLD_MS) + REPORT_TIMEOUT;
+                let reply = link.send::<_, PollReply>(&poll, wait).await;
+                if reply.is_err() {
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+                let _ = tx.send(Event::Polled(reply));
+            });
+        }
+        tokio::select! {
+            Some(event) = events.recv() => match event {
+                Event::Polled(Ok(reply)) => {
+                    polling = false;
+                    if reply.reregister {
+                        tracing::info!("the control plane does not know this subworker (it restarted, or lost touch): registering again");
+                        registered = false;
+                    }
+                    for lease in reply.tasks {
+                        if draining || running.contains_key(&lease.lease) {
+                            continue;
+                        }
+                        let cancel = CancellationToken::new();
+                        running.insert(lease.lease.clone(), Running { cancel: cancel.clone(), hand_back: false });
+                        start(&executor, &manifest, lease, cancel, events_tx.clone());
+                    }
+                    for lease in &reply.cancel {
+                        if let Some(r) = running.get(lease) {
+                            tracing::info!(%lease, "cancelled by the control plane");
+                            r.cancel.cancel();
+                        }
+                    }
+                }
+                Event::Polled(Err(e)) => {
+                    polling = false;
+                    tracing::warn!("no answer from the control plane: {e}");
+                }
+                Event::Ran { lease, execution } => {
+                    let hand_back = running.get(&lease).is_some_and(|r| r.hand_back);
+                    let message = if hand_back {
+                        Manage::Release(Release {
+                            hello: link.hello.clone(),
+                            lease: lease.clone(),
+                            reason: "the subworker stopped, and its grace period ran out before the task ended".to_owned(),
+                        })
+                    } else {
+                        Manage::Result(WorkResult {
+                            hello: link.hello.clone(),
+                            lease: lease.clone(),
+                            execution: serde_json::to_value(&execution).unwrap_or_default(),
+                        })
+                    };
+                    let (link, tx) = (link.clone(), events_tx.clone());
+                    tokio::spawn(async move {
+                        link.report(&message).await;
+                        let _ = tx.send(Event::Reported { lease });
+                    });
+                }
+                Event::Reported { lease } => {
+                    running.remove(&lease);
+                }
+            },
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                hand_back_at = Some(Instant::now() + config.shutdown_grace);
+                tracing::info!(running = running.len(), "draining: no new tasks; running ones have {} to finish", humantime::format_duration(config.shutdown_grace));
+            }
+            () = force.cancelled(), if hand_back_at.is_some() => {
+                hand_back_at = Some(Instant::now());
+            }
+            () = sleep_until(hand_back_at.unwrap_or(far)), if hand_back_at.is_some() => {
+                hand_back_at = None;
+                give_up_at = Some(Instant::now() + REPORT_GRACE);
+                for (lease, r) in &mut running {
+                    if !r.cancel.is_cancelled() {
+                        tracing::warn!(%lease, "grace period over: stopping the task and handing it back");
+                        r.hand_back = true;
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            () = sleep_until(give_up_at.unwrap_or(far)), if give_up_at.is_some() => {
+                tracing::error!(tasks = running.len(), "could not report to the control plane in time; those tasks run again elsewhere once it notices this subworker is gone");
+                return Ok(Ended::Unreported(running.len()));
+            }
+        }
+    }
+}
+
+/// Runs one leased task and reports its run as an event.
+fn start(
+    executor: &Arc<Executor>,
+    manifest: &Arc<Manifest>,
+    lease: Lease,
+    cancel: CancellationToken,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let (executor, spec) = (Arc::clone(executor), manifest.task(&lease.name).cloned());
+    tracing::debug!(task_id = %lease.task_id, name = %lease.name, lease = %lease.lease, "running a leased task");
+    tokio::spawn(async move {
+        let request = TaskRequest {
+            task_id: lease.task_id,
+            name: lease.name,
+            args: lease.args,
+            kwargs: lease.kwargs,
+            attempt: lease.attempt,
+        };
+        let execution = match spec {
+            Some(spec) => executor.run(&spec, &request, &cancel).await,
+            // The control plane only sends tasks this worker registered, so
+            // this is a manifest that changed under it: say so.
+            None => {
+                let now = chrono::Utc::now();
+                Execution {
+                    task_id: request.task_id.clone(),
+                    name: request.name.clone(),
+                    attempt: request.attempt,
+                    outcome: Outcome::SpawnFailed {
+                        program: request.name.clone().into(),
+                        message: format!(
+                            "task '{}' is not in this subworker's manifest",
+                            request.name
+                        ),
+                    },
+                    started_at: now,
+                    finished_at: now,
+                    duration: Duration::ZERO,
+                    stderr: String::new(),
+                    pid: None,
+                }
+            }
+        };
+        let _ = events.send(Event::Ran {
+            lease: lease.lease,
+            execution,
+        });
+    });
+}
+
+/// The connection to the control plane's management socket.
+#[derive(Clone)]
+struct Link {
+    client: Client,
+    manage: String,
+    hello: Hello,
+}
+
+impl Link {
+    async fn send<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        message: &Q,
+        timeout: Duration,
+    ) -> Result<R, ClientError> {
+        self.client.request(&self.manage, message, timeout).await
+    }
+
+    /// Sends a result or release until the control plane has taken it in
+    /// (or said the lease is no longer this worker's).
+    async fn report(&self, message: &Manage) {
+        loop {
+            match self.send::<_, Applied>(message, REPORT_TIMEOUT).await {
+                Ok(Applied { error: None, .. }) => return,
+                Ok(Applied { error: Some(e), .. }) => {
+                    tracing::warn!("report not taken ({e}); sending it again")
+                }
+                Err(e) => tracing::warn!("report not delivered ({e}); sending it again"),
+            }
+            tokio::time::sleep(RETRY_AFTER).await;
+        }
+    }
+}
+
+/// Finds the control plane (by address, or by its announcements) and asks
+/// it where subworkers register; tries again until it answers.
+async fn connect(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(Client, String), SubworkerError> {
+    let mut said = false;
+    loop {
+        let found = match &config.control_plane {
+            Some(base) => Ok(base.clone()),
+            None => crate::transport::discover(&config.discovery_address, Duration::from_secs(3))
+                .await
+                .map(|(_, base)| base)
+                .map_err(|e| e.to_string()),
+        };
+        let result = match found {
+            Ok(base) => {
+                let client = Client::new(&base, REPORT_TIMEOUT)
+                    .map_err(|e| SubworkerError::Address(e.to_string()))?;
+                match client.info().await {
+                    Ok(info) => {
+                        return Ok((client, management_address(&base, &info.subworker_address)));
+                    }
+                    Err(e) => format!("{base}: {e}"),
+                }
+            }
+            Err(e) => e,
+        };
+        if !said {
+            tracing::warn!("waiting for the control plane ({result})");
+            said = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return Err(SubworkerError::Stopped),
+        }
+    }
+}
+
+/// The management address to dial: the port the control plane reports, on
+/// the host this subworker reached it at (it may bind 0.0.0.0).
+fn management_address(base: &str, reported: &str) -> String {
+    match (base.strip_prefix("tcp://"), reported.strip_prefix("tcp://")) {
+        (Some(base), Some(reported)) => match (base.rsplit_once(':'), reported.rsplit_once(':')) {
+            (Some((host, _)), Some((_, port))) => format!("tcp://{host}:{port}"),
+            _ => reported.to_owned(),
+        },
+        _ => reported.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_management_port_is_dialed_on_the_host_used_for_the_base() {
+        assert_eq!(
+            management_address("tcp://10.0.0.1:5555", "tcp://0.0.0.0:5560"),
+            "tcp://10.0.0.1:5560"
+        );
+        assert_eq!(
+            management_address("ipc:///tmp/cp", "ipc:///tmp/cp.5"),
+            "ipc:///tmp/cp.5"
+        );
+    }
+
+    #[test]
+    fn management_messages_round_trip() {
+        let poll = Manage::Poll(Poll {
+            hello: Hello {
+                worker_id: "sw1".into(),
+                session: "s".into(),
+            },
+            seq: 3,
+            running: vec!["l1".into()],
+            draining: false,
+        });
+        let bytes = crate::protocol::encode(&poll);
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        assert!(text.contains(r#""action":"poll""#), "{text}");
+        assert_eq!(crate::protocol::decode::<Manage>(&bytes), Ok(poll));
+    }
+}
