@@ -78,8 +78,9 @@ impl Endpoints {
             base: base.to_owned(),
             submit: [at(0)?, at(1)?, at(2)?, at(3)?],
             query: at(4)?,
-            // Only subworkers use it (a later release): a base port too high
-            // for +5 must not stop everything else.
+            // A base port too high for +5 is reported when the control
+            // plane binds it (pass --subworker-port), not here: clients
+            // never use it.
             subworker: at(5).unwrap_or_default(),
         })
     }

@@ -7,6 +7,7 @@ mod control_plane;
 mod durability;
 mod helpers;
 mod manifest;
+mod netns;
 mod oneshot;
 mod pool;
 mod python_client;
