@@ -24,12 +24,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fastworker::client::Client;
-use fastworker::control_plane::{self, Config};
+use fastworker::control_plane;
 use fastworker::executor::{Executor, TaskRequest};
-use fastworker::manifest::Manifest;
-use fastworker::protocol::{Status, WireTask};
+use fastworker::protocol::WireTask;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use common::{concurrent, submit, task};
+
+mod common;
 
 const ROUNDS: usize = 5;
 
@@ -55,18 +58,7 @@ struct Row {
 
 async fn bench(n: usize, rounds: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("bench_tasks.py"),
-        "def add(x, y):\n    return x + y\n",
-    )
-    .expect("module");
-    let path = dir.path().join("tasks.toml");
-    std::fs::write(
-        &path,
-        "[tasks.add]\nrunner = \"python\"\nfunction = \"bench_tasks:add\"\nmode = \"pool\"\npool_size = 2\n",
-    )
-    .expect("manifest");
-    let manifest = Arc::new(Manifest::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let manifest = common::manifest(dir.path(), "", "");
 
     println!("| measurement | n | tasks/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");
@@ -105,7 +97,8 @@ async fn bench(n: usize, rounds: usize) {
         for journal in order {
             let data = tempfile::tempdir().expect("data dir");
             let data_dir = journal.then(|| data.path().to_path_buf());
-            let (cp, base, shutdown) = start_control_plane(&manifest, data_dir).await;
+            let (cp, base, shutdown) =
+                common::start_control_plane(&manifest, |c| c.data_dir = data_dir.clone()).await;
             let client = Arc::new(Client::new(&base, Duration::from_secs(30)).expect("client"));
             let rows = submits(&cp, &client, n).await;
             if journal {
@@ -170,29 +163,6 @@ fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// A control plane on fresh ports.
-async fn start_control_plane(
-    manifest: &Arc<Manifest>,
-    data_dir: Option<std::path::PathBuf>,
-) -> (control_plane::ControlPlane, String, CancellationToken) {
-    let shutdown = CancellationToken::new();
-    let mut attempt = 0u16;
-    loop {
-        // Ports from the process id, moving on when they are taken.
-        let port = 40_000 + ((std::process::id() as u16).wrapping_add(attempt * 7) % 20_000);
-        let base = format!("tcp://127.0.0.1:{port}");
-        let mut config = Config::new(&base, &format!("tcp://127.0.0.1:{}", port + 6));
-        config.concurrency = 2;
-        config.data_dir = data_dir.clone();
-        match control_plane::start(config, Arc::clone(manifest), shutdown.clone()).await {
-            Ok(cp) => return (cp, base, shutdown),
-            Err(e) if attempt < 20 => eprintln!("trying other ports: {e}"),
-            Err(e) => panic!("{e}"),
-        }
-        attempt += 1;
-    }
 }
 
 async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usize) -> Vec<Row> {
@@ -293,64 +263,6 @@ async fn idle(cp: &control_plane::ControlPlane) {
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn task(i: usize) -> WireTask {
-    WireTask {
-        id: uuid::Uuid::new_v4().to_string(),
-        name: "add".into(),
-        args: vec![json!(i), json!(1)],
-        kwargs: Default::default(),
-        priority: None,
-        eta: None,
-        callback: None,
-        reply: Default::default(),
-    }
-}
-
-async fn submit(client: &Client, i: usize) {
-    let r = client
-        .submit(task(i), None, Duration::from_secs(60))
-        .await
-        .expect("submit");
-    assert_eq!((r.status, r.result), (Status::Success, json!(i + 1)));
-}
-
-async fn concurrent(
-    client: &Arc<Client>,
-    n: usize,
-    in_flight: usize,
-    ack: bool,
-) -> (Duration, Vec<Duration>) {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let workers: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (client, next) = (Arc::clone(client), Arc::clone(&next));
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n {
-                        return lat;
-                    }
-                    let t = Instant::now();
-                    if ack {
-                        let a = client.submit_ack(task(i), None).await.expect("ack");
-                        assert!(a.accepted, "{a:?}");
-                    } else {
-                        submit(&client, i).await;
-                    }
-                    lat.push(t.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut lat = Vec::with_capacity(n);
-    for w in workers {
-        lat.extend(w.await.expect("join"));
-    }
-    (start.elapsed(), lat)
 }
 
 fn row(what: &'static str, n: usize, elapsed: Duration, lat: &mut [Duration]) -> Row {

@@ -17,11 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fastworker::client::Client;
-use fastworker::control_plane::{self, Config};
+use fastworker::control_plane;
 use fastworker::manifest::Manifest;
-use fastworker::protocol::{Status, WireTask};
-use serde_json::json;
-use tokio_util::sync::CancellationToken;
+use fastworker::protocol::WireTask;
+
+use common::{concurrent, submit, task};
+
+mod common;
 
 const ROUNDS: usize = 3;
 
@@ -47,18 +49,12 @@ struct Figures {
 
 async fn bench(n: usize, rounds: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("bench_tasks.py"),
-        "import time\n\ndef add(x, y):\n    return x + y\n\ndef nap():\n    time.sleep(0.02)\n",
-    )
-    .expect("module");
-    let path = dir.path().join("tasks.toml");
-    std::fs::write(
-        &path,
-        "[tasks.add]\nrunner = \"python\"\nfunction = \"bench_tasks:add\"\nmode = \"pool\"\npool_size = 2\n\n[tasks.nap]\nrunner = \"python\"\nfunction = \"bench_tasks:nap\"\nmode = \"pool\"\npool_size = 2\n",
-    )
-    .expect("manifest");
-    let manifest = Arc::new(Manifest::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let manifest = common::manifest(
+        dir.path(),
+        "\nimport time\n\ndef nap():\n    time.sleep(0.02)\n",
+        "\n[tasks.nap]\nrunner = \"python\"\nfunction = \"bench_tasks:nap\"\nmode = \"pool\"\npool_size = 2\n",
+    );
+    let path = manifest.path.clone();
     let mut figures: [Vec<Figures>; 3] = Default::default();
     for round in 0..rounds {
         for k in [0, 1, 2].map(|k| (k + round) % 3) {
@@ -104,7 +100,12 @@ async fn bench(n: usize, rounds: usize) {
 /// One configuration on a fresh control plane: `k` subworkers.
 async fn one(manifest: &Arc<Manifest>, path: &std::path::Path, k: usize, n: usize) -> Figures {
     let data = tempfile::tempdir().expect("data dir");
-    let (cp, base, shutdown) = start_control_plane(manifest, data.path(), k == 0).await;
+    let (cp, base, shutdown) = common::start_control_plane(manifest, |c| {
+        c.local_tasks = k == 0;
+        c.shutdown_grace = Duration::from_secs(1);
+        c.data_dir = Some(data.path().to_path_buf());
+    })
+    .await;
     let mut children = Vec::new();
     for i in 0..k {
         children.push(
@@ -129,7 +130,7 @@ async fn one(manifest: &Arc<Manifest>, path: &std::path::Path, k: usize, n: usiz
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Warm every pool.
-    concurrent(&client, 64, 8).await;
+    concurrent(&client, 64, 8, false).await;
 
     let mut lat = Vec::with_capacity(n / 2);
     let start = Instant::now();
@@ -144,7 +145,7 @@ async fn one(manifest: &Arc<Manifest>, path: &std::path::Path, k: usize, n: usiz
         |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
     let (seq_p50, seq_p99) = (pct(0.5), pct(0.99));
 
-    let flight = concurrent(&client, n, 32).await;
+    let (flight, _) = concurrent(&client, n, 32, false).await;
     let flight_rate = n as f64 / flight.as_secs_f64();
 
     let tasks: Vec<WireTask> = (0..n * 4).map(task).collect();
@@ -206,73 +207,4 @@ async fn batch(cp: &control_plane::ControlPlane, client: &Client, tasks: &[WireT
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tasks.len() as f64 / start.elapsed().as_secs_f64()
-}
-
-/// A control plane on fresh ports; `local`: it runs tasks itself.
-async fn start_control_plane(
-    manifest: &Arc<Manifest>,
-    data_dir: &std::path::Path,
-    local: bool,
-) -> (control_plane::ControlPlane, String, CancellationToken) {
-    let shutdown = CancellationToken::new();
-    let mut attempt = 0u16;
-    loop {
-        let port = 30_000 + ((std::process::id() as u16).wrapping_add(attempt * 7) % 10_000);
-        let base = format!("tcp://127.0.0.1:{port}");
-        let mut config = Config::new(&base, &format!("tcp://127.0.0.1:{}", port + 6));
-        config.concurrency = 2;
-        config.local_tasks = local;
-        config.shutdown_grace = Duration::from_secs(1);
-        config.data_dir = Some(data_dir.to_path_buf());
-        match control_plane::start(config, Arc::clone(manifest), shutdown.clone()).await {
-            Ok(cp) => return (cp, base, shutdown),
-            Err(e) if attempt < 20 => eprintln!("trying other ports: {e}"),
-            Err(e) => panic!("{e}"),
-        }
-        attempt += 1;
-    }
-}
-
-fn task(i: usize) -> WireTask {
-    WireTask {
-        id: uuid::Uuid::new_v4().to_string(),
-        name: "add".into(),
-        args: vec![json!(i), json!(1)],
-        kwargs: Default::default(),
-        priority: None,
-        eta: None,
-        callback: None,
-        reply: Default::default(),
-    }
-}
-
-async fn submit(client: &Client, i: usize) {
-    let r = client
-        .submit(task(i), None, Duration::from_secs(60))
-        .await
-        .expect("submit");
-    assert_eq!((r.status, r.result), (Status::Success, json!(i + 1)));
-}
-
-async fn concurrent(client: &Arc<Client>, n: usize, in_flight: usize) -> Duration {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let workers: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (client, next) = (Arc::clone(client), Arc::clone(&next));
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= n {
-                        return;
-                    }
-                    submit(&client, i).await;
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.expect("join");
-    }
-    start.elapsed()
 }

@@ -534,17 +534,14 @@ pub struct PollReply {
     pub reregister: bool,
 }
 
-/// A task handed to a subworker: it runs it under this lease.
+/// A task handed to a subworker: it runs `request` under this lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     pub lease: String,
-    pub task_id: String,
-    pub name: String,
-    #[serde(default)]
-    pub args: Vec<Value>,
-    #[serde(default)]
-    pub kwargs: Map<String, Value>,
-    pub attempt: u32,
+    /// What the task process gets (`task_id`, `name`, `args`, `kwargs`,
+    /// `attempt`, flattened into the lease).
+    #[serde(flatten)]
+    pub request: crate::executor::TaskRequest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -26,7 +26,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError};
-use crate::executor::{Execution, Executor, Outcome, TaskRequest};
+use crate::executor::{Execution, Executor, Outcome};
 use crate::manifest::Manifest;
 use crate::protocol::{
     Applied, Hello, Lease, Manage, POLL_HOLD_MS, Poll, PollReply, Registered, Registration,
@@ -296,16 +296,13 @@ fn start(
     cancel: CancellationToken,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let (executor, spec) = (Arc::clone(executor), manifest.task(&lease.name).cloned());
-    tracing::debug!(task_id = %lease.task_id, name = %lease.name, lease = %lease.lease, "running a leased task");
+    let (executor, spec) = (
+        Arc::clone(executor),
+        manifest.task(&lease.request.name).cloned(),
+    );
+    let request = lease.request;
+    tracing::debug!(task_id = %request.task_id, name = %request.name, lease = %lease.lease, "running a leased task");
     tokio::spawn(async move {
-        let request = TaskRequest {
-            task_id: lease.task_id,
-            name: lease.name,
-            args: lease.args,
-            kwargs: lease.kwargs,
-            attempt: lease.attempt,
-        };
         let execution = match spec {
             Some(spec) => executor.run(&spec, &request, &cancel).await,
             // The control plane only sends tasks this worker registered, so

@@ -226,11 +226,6 @@ impl Active {
         self.running.is_some() || self.lease.is_some()
     }
 
-    /// The number the next attempt gets.
-    fn next_attempt(&self) -> u32 {
-        u32::try_from(self.record.attempts.len()).unwrap_or(u32::MAX) + 1
-    }
-
     /// Attempts that count against `retries`.
     fn counted_attempts(&self) -> u32 {
         let counted = self
@@ -327,13 +322,15 @@ impl Core {
                 continue;
             }
             if record.status == Status::Running {
-                let lost = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1;
-                record.attempts.push(serde_json::json!({
-                    "attempt": lost,
-                    "status": LOST,
-                    "error": "the control plane stopped while this attempt ran; the task runs again (this attempt does not count against retries)",
-                    "started_at": record.attempt_started_at.take().or(record.started_at),
-                }));
+                let started = record.attempt_started_at.take().or(record.started_at);
+                let attempt = cut_short(
+                    &record,
+                    LOST,
+                    "the control plane stopped while this attempt ran",
+                    None,
+                    started,
+                );
+                record.attempts.push(attempt);
             }
             let task_id = record.task_id.clone();
             record.status = if record.eta.is_some_and(|eta| eta > now) {
@@ -799,6 +796,12 @@ impl Core {
                 None => self.start(&waiting.task_id),
             }
         }
+        self.flush_polls();
+    }
+
+    /// Sends the poll replies that have work or cancels in them; a lease
+    /// whose poll was gone never reached its worker, and is queued again.
+    fn flush_polls(&mut self) {
         for lease in self.workers.flush() {
             self.lose_lease(&lease, None);
         }
@@ -850,13 +853,7 @@ impl Core {
         active.record.attempt_started_at = Some(now);
         active.record.worker = on.map(|(worker, _)| worker.to_owned());
         active.record.lease = on.map(|(_, lease)| lease.to_owned());
-        let request = TaskRequest {
-            task_id: task_id.to_owned(),
-            name: active.record.name.clone(),
-            args: active.record.args.clone(),
-            kwargs: active.record.kwargs.clone(),
-            attempt: active.next_attempt(),
-        };
+        let request = request_for(&active.record);
         *self
             .running_by_type
             .entry(active.record.name.clone())
@@ -906,18 +903,8 @@ impl Core {
             active.lease = Some(lease.clone());
         }
         tracing::debug!(%task_id, %worker, %lease, "task leased to a subworker");
-        self.workers.assign(
-            worker,
-            task_id,
-            Lease {
-                lease,
-                task_id: request.task_id,
-                name: request.name,
-                args: request.args,
-                kwargs: request.kwargs,
-                attempt: request.attempt,
-            },
-        );
+        self.workers
+            .assign(worker, task_id, Lease { lease, request });
     }
 
     /// An attempt ran to its end, here or (`worker`) on a subworker.
@@ -1098,20 +1085,15 @@ impl Core {
                 if let Some(token) = &active.running {
                     token.cancel();
                 }
-                if let Some(lease) = &active.lease
-                    && let Some(info) = self.workers.leases.get(lease)
-                    && let Some(worker) = self.workers.by_id.get_mut(&info.worker_id)
-                {
-                    worker.cancels.push(lease.clone());
+                if let Some(lease) = &active.lease {
+                    self.workers.cancel(lease);
                 }
                 let mut cancelled = active.record.clone();
                 cancelled.status = Status::Cancelled;
                 cancelled.error = Some("cancelled".to_owned());
                 cancelled.finished_at = Some(Utc::now());
                 self.persist(vec![cancelled]);
-                for lease in self.workers.flush() {
-                    self.lose_lease(&lease, None);
-                }
+                self.flush_polls();
                 return reply(true, Status::Running, None);
             }
             self.queue.remove(task_id);
@@ -1153,11 +1135,7 @@ impl Core {
         *self.running_by_type.entry(record.name.clone()).or_default() += 1;
         let request = Lease {
             lease: lease.to_owned(),
-            task_id: task_id.clone(),
-            name: record.name.clone(),
-            args: record.args.clone(),
-            kwargs: record.kwargs.clone(),
-            attempt: u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1,
+            request: request_for(&record),
         };
         let mut active = Active::new(record, Vec::new());
         active.lease = Some(lease.to_owned());
@@ -1166,22 +1144,17 @@ impl Core {
             .workers
             .by_id
             .entry(worker_id.to_owned())
-            .or_insert_with(|| Worker {
-                id: worker_id.to_owned(),
-                session: None,
-                address: "(not registered since the restart)".to_owned(),
-                capacity: 0,
-                offers: Default::default(),
-                state: State::Active,
+            .or_insert_with(|| {
+                let mut worker = Worker::new(
+                    worker_id.to_owned(),
+                    None,
+                    "(not registered since the restart)".to_owned(),
+                    0,
+                    Default::default(),
+                );
                 // Silent for INACTIVE_AFTER from this moment + the grace.
-                last_seen: Instant::now() + workers::REJOIN_GRACE - workers::INACTIVE_AFTER,
-                last_seen_at: None,
-                registered_at: None,
-                leases: Default::default(),
-                done: 0,
-                held: None,
-                cancels: Vec::new(),
-                warnings: Vec::new(),
+                worker.last_seen += workers::REJOIN_GRACE - workers::INACTIVE_AFTER;
+                worker
             });
         worker.leases.insert(lease.to_owned());
         self.workers.leases.insert(
@@ -1262,25 +1235,19 @@ impl Core {
             .map(|old| old.leases)
             .unwrap_or_default();
         tracing::info!(worker = %id, address = %reg.address, capacity = reg.capacity, tasks = reg.tasks.len(), kept = leases.len(), "subworker registered");
-        self.workers.by_id.insert(
+        let mut worker = Worker::new(
             id.clone(),
-            Worker {
-                id,
-                session: Some(reg.hello.session),
-                address: reg.address,
-                capacity: reg.capacity,
-                offers: reg.tasks,
-                state: State::Active,
-                last_seen: Instant::now(),
-                last_seen_at: Some(now),
-                registered_at: registered_at.or(Some(now)),
-                leases,
-                done,
-                held: None,
-                cancels: Vec::new(),
-                warnings: warnings.clone(),
-            },
+            Some(reg.hello.session),
+            reg.address,
+            reg.capacity,
+            reg.tasks,
         );
+        worker.last_seen_at = Some(now);
+        worker.registered_at = registered_at.or(Some(now));
+        worker.leases = leases;
+        worker.done = done;
+        worker.warnings = warnings.clone();
+        self.workers.by_id.insert(id, worker);
         Registered {
             registered: true,
             error: None,
@@ -1527,14 +1494,14 @@ impl Core {
         active.record.lease = None;
         if let Some((status, error)) = attempt {
             tracing::warn!(%task_id, worker = %info.worker_id, "{error}; the task runs again");
-            let number = active.next_attempt();
-            active.record.attempts.push(serde_json::json!({
-                "attempt": number,
-                "status": status,
-                "error": format!("{error}; the task runs again (this attempt does not count against retries)"),
-                "worker": info.worker_id,
-                "started_at": started,
-            }));
+            let attempt = cut_short(
+                &active.record,
+                status,
+                &error,
+                Some(&info.worker_id),
+                started,
+            );
+            active.record.attempts.push(attempt);
         }
         if active.cancel_requested {
             self.finish(
@@ -1605,16 +1572,12 @@ impl Core {
                 token.cancel();
             }
             if let Some(lease) = &task.lease
-                && let Some(info) = self.workers.leases.get(lease)
-                && let Some(worker) = self.workers.by_id.get_mut(&info.worker_id)
+                && self.workers.cancel(lease)
             {
                 task.cancel_requested = true;
-                worker.cancels.push(lease.clone());
             }
         }
-        for lease in self.workers.flush() {
-            self.lose_lease(&lease, None);
-        }
+        self.flush_polls();
     }
 
     /// Stops accepting. Without a journal, every task that is not running
@@ -1664,6 +1627,39 @@ impl Core {
             };
             self.finish(&task_id, Status::Failure, Value::Null, Some(error));
         }
+    }
+}
+
+/// The record of an attempt cut short through no fault of the task (a stop
+/// of the control plane, a subworker lost or stopping): it is listed, and
+/// does not count against `retries`.
+fn cut_short(
+    record: &TaskRecord,
+    status: &str,
+    why: &str,
+    worker: Option<&str>,
+    started_at: Option<DateTime<Utc>>,
+) -> Value {
+    let mut attempt = serde_json::json!({
+        "attempt": u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1,
+        "status": status,
+        "error": format!("{why}; the task runs again (this attempt does not count against retries)"),
+        "started_at": started_at,
+    });
+    if let (Some(worker), Some(fields)) = (worker, attempt.as_object_mut()) {
+        fields.insert("worker".to_owned(), Value::from(worker));
+    }
+    attempt
+}
+
+/// What a task's next attempt gets.
+fn request_for(record: &TaskRecord) -> TaskRequest {
+    TaskRequest {
+        task_id: record.task_id.clone(),
+        name: record.name.clone(),
+        args: record.args.clone(),
+        kwargs: record.kwargs.clone(),
+        attempt: u32::try_from(record.attempts.len()).unwrap_or(u32::MAX) + 1,
     }
 }
 

@@ -79,6 +79,33 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker that has just registered (`session` set) or that the
+    /// journal says held leases (`session` unknown).
+    pub fn new(
+        id: String,
+        session: Option<String>,
+        address: String,
+        capacity: usize,
+        offers: BTreeMap<String, TaskOffer>,
+    ) -> Worker {
+        Worker {
+            id,
+            session,
+            address,
+            capacity,
+            offers,
+            state: State::Active,
+            last_seen: Instant::now(),
+            last_seen_at: None,
+            registered_at: None,
+            leases: HashSet::new(),
+            done: 0,
+            held: None,
+            cancels: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
     fn free(&self) -> usize {
         self.capacity.saturating_sub(self.leases.len())
     }
@@ -195,6 +222,21 @@ impl Workers {
             },
         );
         held.tasks.push(lease);
+    }
+
+    /// Has `lease` stopped on its worker (sent with its next poll reply);
+    /// false if no worker holds it.
+    pub fn cancel(&mut self, lease: &str) -> bool {
+        let Some(info) = self.leases.get(lease) else {
+            return false;
+        };
+        match self.by_id.get_mut(&info.worker_id) {
+            Some(worker) => {
+                worker.cancels.push(lease.to_owned());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes a lease away from its worker.
