@@ -24,6 +24,14 @@
 //! on disk (or failed to get there): that is how a submit is acknowledged
 //! only after it is durable.
 //!
+//! A write is committed [`Commit::Now`] (somebody waits on it: the group
+//! starts as soon as the writer is free) or [`Commit::Soon`] (nobody does
+//! yet: it waits up to [`LAZY_FOR`] for a `Now` write to share that sync).
+//! A `Soon` write does not wake the writer unless the queue was empty, so a
+//! stream of them costs one wakeup and one sync per [`LAZY_FOR`], not one
+//! per write. Within a group only each task's last change is written: a
+//! task that started and finished while the group gathered costs one entry.
+//!
 //! A crash can leave half an entry at the end; the CRC finds it, and the
 //! replay keeps everything before it. The log is compacted (the live records
 //! written to a new file, which then replaces it with a `rename`) on open and
@@ -39,10 +47,10 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::oneshot;
@@ -66,9 +74,9 @@ const MAX_ENTRY: usize = 256 << 20;
 /// The log is compacted once it is larger than this and four times its live
 /// records.
 pub const COMPACT_AT: u64 = 16 << 20;
-/// How long a write that nobody waits on may wait for one that somebody
-/// does, to share its sync.
-const LAZY_FOR: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a [`Commit::Soon`] write may wait for a [`Commit::Now`] one, to
+/// share its sync.
+pub const LAZY_FOR: std::time::Duration = std::time::Duration::from_millis(20);
 /// How much the file grows at a time, ahead of the log.
 const GROW_BY: u64 = 4 << 20;
 
@@ -97,10 +105,34 @@ pub enum JournalError {
 /// A change to the journal.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// Stores a task's record (new, or its new state).
-    Put(Box<TaskRecord>),
+    /// Stores a task's record (new, or its new state), as JSON: see
+    /// [`Change::put`]. Empty if it could not be encoded.
+    Put { task_id: String, json: Vec<u8> },
     /// Forgets a task (its result expired).
     Delete(String),
+}
+
+impl Change {
+    /// Stores `record`. It is encoded here, on the caller's thread, so that
+    /// no copy of it has to go to the writer.
+    pub fn put(record: &TaskRecord) -> Change {
+        let json = serde_json::to_vec(record).unwrap_or_else(|e| {
+            // Not seen: a record is strings, numbers and JSON values. The
+            // commit that carries it fails, and says so.
+            tracing::error!(task_id = %record.task_id, "cannot encode the record: {e}");
+            Vec::new()
+        });
+        Change::Put {
+            task_id: record.task_id.clone(),
+            json,
+        }
+    }
+
+    fn task_id(&self) -> &str {
+        match self {
+            Change::Put { task_id, .. } | Change::Delete(task_id) => task_id,
+        }
+    }
 }
 
 /// Runs once the changes it came with are on disk (or failed to get there),
@@ -114,18 +146,56 @@ pub fn reply_to(tx: oneshot::Sender<Result<(), String>>) -> Done {
     })
 }
 
+/// When a write is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// As soon as the writer is free: somebody waits on it.
+    Now,
+    /// Within [`LAZY_FOR`], or with the next `Now` write if that is sooner.
+    Soon,
+}
+
 struct Write {
     changes: Vec<Change>,
     done: Option<Done>,
+}
+
+/// Writes handed over and not yet taken by the writer.
+#[derive(Default)]
+struct Queue {
+    writes: Vec<Write>,
+    /// A [`Commit::Now`] write is queued.
+    now: bool,
+    /// When the oldest queued write came.
+    since: Option<Instant>,
+    /// The writer sleeps on [`Shared::wake`].
+    sleeping: bool,
+    /// The journal is dropped: commit what is queued, then stop.
+    closed: bool,
+}
+
+/// What the journal's handle and its writer thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    commits: AtomicU64,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // A panic while the lock was held leaves a queue that is still whole.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// An open journal. Dropping it commits what was handed to it, stops the
 /// writer thread and releases the lock.
 pub struct Journal {
     path: PathBuf,
-    tx: Option<mpsc::Sender<Write>>,
+    shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
-    commits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -170,27 +240,29 @@ impl Journal {
             file: None,
             len: 0,
             allocated: 0,
-            live_bytes: live.values().map(|json| entry_len(json.len())).sum(),
-            live,
+            live: HashMap::new(),
+            live_bytes: 0,
             _lock: lock,
         };
         // Starts every run on a clean file: no torn tail, no dead entries.
-        log.compact().map_err(open_error)?;
-        let (tx, rx) = mpsc::channel();
-        let commits = Arc::new(AtomicU64::new(0));
+        log.compact(&live).map_err(open_error)?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            wake: Condvar::new(),
+            commits: AtomicU64::new(0),
+        });
         let writer = {
-            let commits = Arc::clone(&commits);
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("fastworker-journal".to_owned())
-                .spawn(move || write_loop(log, &rx, &commits))
+                .spawn(move || write_loop(log, &shared))
                 .map_err(|e| open_error(format!("cannot start the writer thread: {e}")))?
         };
         Ok((
             Journal {
                 path,
-                tx: Some(tx),
+                shared,
                 writer: Some(writer),
-                commits,
             },
             records,
         ))
@@ -200,28 +272,36 @@ impl Journal {
         &self.path
     }
 
-    /// Hands `changes` to the writer; `done` runs once they are on disk.
-    /// Writes are committed in the order they are handed over.
-    pub fn write(&self, changes: Vec<Change>, done: Option<Done>) {
-        let write = Write { changes, done };
-        if let Some(tx) = &self.tx
-            && let Err(mpsc::SendError(write)) = tx.send(write)
-            && let Some(done) = write.done
-        {
-            done(Err("the journal writer has stopped".to_owned()));
+    /// Hands `changes` to the writer, to be committed `when` says; `done`
+    /// runs once they are on disk. Writes are committed in the order they
+    /// are handed over.
+    pub fn write(&self, changes: Vec<Change>, when: Commit, done: Option<Done>) {
+        let mut queue = self.shared.queue();
+        let first = queue.since.is_none();
+        let now = when == Commit::Now && !queue.now;
+        queue.writes.push(Write { changes, done });
+        queue.since.get_or_insert_with(Instant::now);
+        queue.now |= when == Commit::Now;
+        // A sleeping writer wakes for a `Now` write, and for the first
+        // write, to time its wait; not for each `Soon` one.
+        let wake = queue.sleeping && (now || first);
+        drop(queue);
+        if wake {
+            self.shared.wake.notify_one();
         }
     }
 
     /// How many groups have been committed (each holds one or more writes).
     pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.shared.commits.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        // Closing the channel lets the writer commit what it has, then stop.
-        drop(self.tx.take());
+        // The writer commits what is queued, then stops.
+        self.shared.queue().closed = true;
+        self.shared.wake.notify_one();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
@@ -247,6 +327,21 @@ fn encode(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
 /// Reads the log: each live task's latest record, as stored and decoded.
 #[allow(clippy::type_complexity)]
 fn replay(path: &Path) -> Result<(HashMap<String, Vec<u8>>, Vec<TaskRecord>), JournalError> {
+    let live = read_live(path)?;
+    let mut records = Vec::with_capacity(live.len());
+    for (task_id, json) in &live {
+        let record = serde_json::from_slice(json).map_err(|e| JournalError::BadRecord {
+            path: path.to_path_buf(),
+            task_id: task_id.clone(),
+            reason: e.to_string(),
+        })?;
+        records.push(record);
+    }
+    Ok((live, records))
+}
+
+/// Reads the log: each live task's latest record, as stored.
+fn read_live(path: &Path) -> Result<HashMap<String, Vec<u8>>, JournalError> {
     let read_error = |reason: String| JournalError::Read {
         path: path.to_path_buf(),
         reason,
@@ -258,7 +353,7 @@ fn replay(path: &Path) -> Result<(HashMap<String, Vec<u8>>, Vec<TaskRecord>), Jo
     };
     let mut live: HashMap<String, Vec<u8>> = HashMap::new();
     if bytes.is_empty() {
-        return Ok((live, Vec::new()));
+        return Ok(live);
     }
     if !bytes.starts_with(MAGIC) {
         return Err(read_error(
@@ -302,16 +397,7 @@ fn replay(path: &Path) -> Result<(HashMap<String, Vec<u8>>, Vec<TaskRecord>), Jo
             }
         }
     }
-    let mut records = Vec::with_capacity(live.len());
-    for (task_id, json) in &live {
-        let record = serde_json::from_slice(json).map_err(|e| JournalError::BadRecord {
-            path: path.to_path_buf(),
-            task_id: task_id.clone(),
-            reason: e.to_string(),
-        })?;
-        records.push(record);
-    }
-    Ok((live, records))
+    Ok(live)
 }
 
 /// The entry (kind and payload) at the start of `bytes`, if it is whole
@@ -348,8 +434,10 @@ struct Log {
     len: u64,
     /// The file's size.
     allocated: u64,
-    /// Each live task's latest record, as written (what a compaction keeps).
-    live: HashMap<String, Vec<u8>>,
+    /// The bytes each live task's latest entry takes: a compaction keeps
+    /// those entries (read back from the log), and drops the rest.
+    live: HashMap<String, u64>,
+    /// Their sum.
     live_bytes: u64,
     _lock: Flock<File>,
 }
@@ -357,14 +445,26 @@ struct Log {
 impl Log {
     /// Appends one group of writes and syncs it.
     fn commit(&mut self, group: &[Write]) -> Result<(), String> {
+        let changes: Vec<&Change> = group.iter().flat_map(|w| &w.changes).collect();
+        // Replaying keeps each task's last change, so a group needs no other.
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
+        for (i, change) in changes.iter().enumerate() {
+            last.insert(change.task_id(), i);
+        }
         let mut buf = Vec::new();
-        let mut staged: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        for change in group.iter().flat_map(|w| &w.changes) {
+        // Each change's task, and the bytes its entry takes if it is a put.
+        let mut staged: Vec<(String, Option<u64>)> = Vec::with_capacity(last.len());
+        for (i, change) in changes.iter().enumerate() {
+            if last.get(change.task_id()) != Some(&i) {
+                continue;
+            }
             match change {
-                Change::Put(record) => {
-                    let json = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-                    encode(&mut buf, PUT, &json);
-                    staged.push((record.task_id.clone(), Some(json)));
+                Change::Put { task_id, json } => {
+                    if json.is_empty() {
+                        return Err(format!("the record of task {task_id} could not be encoded"));
+                    }
+                    encode(&mut buf, PUT, json);
+                    staged.push((task_id.clone(), Some(entry_len(json.len()))));
                 }
                 Change::Delete(task_id) => {
                     encode(&mut buf, DELETE, task_id.as_bytes());
@@ -394,18 +494,19 @@ impl Log {
             return Err(format!("cannot write {}: {e}", self.path.display()));
         }
         self.len += buf.len() as u64;
-        for (task_id, json) in staged {
-            let added = json.as_ref().map_or(0, |j| entry_len(j.len()));
-            let removed = match json {
-                Some(json) => self.live.insert(task_id, json),
+        for (task_id, put) in staged {
+            let removed = match put {
+                Some(bytes) => self.live.insert(task_id, bytes),
                 None => self.live.remove(&task_id),
-            }
-            .map_or(0, |old| entry_len(old.len()));
-            self.live_bytes = self.live_bytes + added - removed;
+            };
+            self.live_bytes = self.live_bytes + put.unwrap_or(0) - removed.unwrap_or(0);
         }
         if self.len > COMPACT_AT && self.len > 4 * self.live_bytes {
             let before = self.len;
-            match self.compact() {
+            let compacted = read_live(&self.path)
+                .map_err(|e| e.to_string())
+                .and_then(|live| self.compact(&live));
+            match compacted {
                 Ok(()) => tracing::debug!(before, after = self.len, "journal compacted"),
                 Err(e) => {
                     tracing::error!("journal compaction failed (the log stays as it is): {e}")
@@ -426,12 +527,14 @@ impl Log {
         Ok(())
     }
 
-    /// Writes the live records to a new file and puts it in the log's place.
-    fn compact(&mut self) -> Result<(), String> {
+    /// Writes `live` (each live task's latest record, as read back from the
+    /// log) to a new file and puts it in the log's place.
+    fn compact(&mut self, live: &HashMap<String, Vec<u8>>) -> Result<(), String> {
         let tmp = self.dir.join(COMPACT_FILE);
-        let mut buf = Vec::with_capacity(MAGIC.len() + self.live_bytes as usize);
+        let live_bytes: u64 = live.values().map(|json| entry_len(json.len())).sum();
+        let mut buf = Vec::with_capacity(MAGIC.len() + live_bytes as usize);
         buf.extend_from_slice(MAGIC);
-        for json in self.live.values() {
+        for json in live.values() {
             encode(&mut buf, PUT, json);
         }
         let len = buf.len() as u64;
@@ -451,6 +554,11 @@ impl Log {
                 self.file = Some(file);
                 self.len = len;
                 self.allocated = allocated;
+                self.live = live
+                    .iter()
+                    .map(|(id, json)| (id.clone(), entry_len(json.len())))
+                    .collect();
+                self.live_bytes = live_bytes;
                 Ok(())
             }
             Err(e) => {
@@ -461,34 +569,57 @@ impl Log {
     }
 }
 
-/// The writer thread: waits for a write, takes every other write already
-/// waiting, and commits them all at once.
-fn write_loop(mut log: Log, rx: &mpsc::Receiver<Write>, commits: &AtomicU64) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        group.extend(rx.try_iter());
-        // Nobody waits on these: give a write that somebody waits on a
-        // moment to come and share the sync.
-        let until = std::time::Instant::now() + LAZY_FOR;
-        while group.iter().all(|w| w.done.is_none()) {
-            match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
-                Ok(write) => {
-                    group.push(write);
-                    group.extend(rx.try_iter());
-                }
-                Err(_) => break,
-            }
-        }
+/// The writer thread: waits until a group is due (see [`Commit`]), takes
+/// every write queued, and commits them all at once.
+fn write_loop(mut log: Log, shared: &Shared) {
+    while let Some(group) = next_group(shared) {
         let result = log.commit(&group).inspect_err(|e| {
             tracing::error!(journal = %log.path.display(), "commit failed: {e}");
         });
-        commits.fetch_add(1, Ordering::Relaxed);
+        shared.commits.fetch_add(1, Ordering::Relaxed);
         for write in group {
             if let Some(done) = write.done {
                 done(result.clone());
             }
         }
     }
+}
+
+/// The next group to commit, once it is due; `None` once the journal is
+/// dropped and everything handed to it is committed.
+fn next_group(shared: &Shared) -> Option<Vec<Write>> {
+    let mut queue = shared.queue();
+    loop {
+        if queue.now || queue.closed {
+            break;
+        }
+        queue.sleeping = true;
+        queue = match queue.since {
+            None => shared
+                .wake
+                .wait(queue)
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Some(since) => {
+                let left = (since + LAZY_FOR).saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    queue.sleeping = false;
+                    break;
+                }
+                shared
+                    .wake
+                    .wait_timeout(queue, left)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0
+            }
+        };
+        queue.sleeping = false;
+    }
+    if queue.writes.is_empty() {
+        return None; // closed, and nothing left
+    }
+    queue.now = false;
+    queue.since = None;
+    Some(std::mem::take(&mut queue.writes))
 }
 
 #[cfg(test)]
@@ -498,12 +629,12 @@ mod tests {
     use crate::protocol::Status;
 
     fn put(id: &str, status: Status) -> Change {
-        Change::Put(Box::new(TaskRecord::sample(id, status)))
+        Change::put(&TaskRecord::sample(id, status))
     }
 
     async fn write(journal: &Journal, changes: Vec<Change>) {
         let (done, on_disk) = oneshot::channel();
-        journal.write(changes, Some(reply_to(done)));
+        journal.write(changes, Commit::Now, Some(reply_to(done)));
         on_disk.await.expect("writer answers").expect("committed");
     }
 
@@ -550,6 +681,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_soon_write_is_committed_with_no_now_write_to_follow() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (journal, _) = Journal::open(dir.path()).expect("open");
+        let (done, on_disk) = oneshot::channel();
+        journal.write(
+            vec![put("a", Status::Success)],
+            Commit::Soon,
+            Some(reply_to(done)),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(10), on_disk)
+            .await
+            .expect("committed within LAZY_FOR, not when the next write comes")
+            .expect("answer")
+            .expect("committed");
+        assert_eq!(journal.commits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_group_writes_only_each_tasks_last_change() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join(FILE);
+        {
+            let (journal, _) = Journal::open(dir.path()).expect("open");
+            let (_, before) = entries(&path);
+            write(
+                &journal,
+                vec![
+                    put("a", Status::Queued),
+                    put("b", Status::Queued),
+                    put("a", Status::Running),
+                    Change::Delete("b".into()),
+                    put("a", Status::Success),
+                ],
+            )
+            .await;
+            let (starts, _) = entries(&path);
+            // One entry for a (its last put), one for b (its delete).
+            assert_eq!(starts.iter().filter(|s| **s >= before).count(), 2);
+        }
+        let (_journal, records) = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(statuses(&records), [("a".to_owned(), Status::Success)]);
+    }
+
+    #[tokio::test]
     async fn a_second_open_of_the_same_dir_is_refused() {
         let dir = tempfile::tempdir().expect("dir");
         let (first, _) = Journal::open(dir.path()).expect("open");
@@ -574,6 +749,7 @@ mod tests {
                 let (done, on_disk) = oneshot::channel();
                 journal.write(
                     vec![put(&format!("t{i}"), Status::Queued)],
+                    Commit::Now,
                     Some(reply_to(done)),
                 );
                 on_disk
@@ -672,7 +848,7 @@ mod tests {
         let mut record = TaskRecord::sample("big", Status::Queued);
         for i in 0..320 {
             record.args = vec![serde_json::json!(format!("{i:065535}"))];
-            write(&journal, vec![Change::Put(Box::new(record.clone()))]).await;
+            write(&journal, vec![Change::put(&record)]).await;
         }
         let size = std::fs::metadata(&path).expect("log").len();
         assert!(size < COMPACT_AT, "the file is {size} bytes");

@@ -22,7 +22,7 @@ use super::queue::{DispatchQueue, Waiting};
 use super::results::ResultCache;
 use super::workers::{self, Held, State, Worker, Workers};
 use crate::executor::{Execution, Executor, Outcome, TaskRequest, retry};
-use crate::journal::{Change, Done, Journal};
+use crate::journal::{Change, Commit, Done, Journal};
 use crate::manifest::{Manifest, Priority};
 use crate::protocol::{
     Applied, CancelReply, Hello, Lease, Poll, PollReply, Registered, Registration, Status,
@@ -166,6 +166,8 @@ pub struct Settings {
 struct Active {
     record: TaskRecord,
     waiters: Vec<oneshot::Sender<TaskRecord>>,
+    /// Queries that came while its final record was on its way to disk.
+    readers: Vec<oneshot::Sender<Option<TaskRecord>>>,
     /// Set while an attempt runs here.
     running: Option<CancellationToken>,
     /// Set while an attempt runs on a subworker: its lease.
@@ -214,6 +216,7 @@ impl Active {
         Active {
             record,
             waiters,
+            readers: Vec::new(),
             running: None,
             lease: None,
             cancel_requested: false,
@@ -338,7 +341,7 @@ impl Core {
             } else {
                 Status::Queued
             };
-            self.persist(vec![record.clone()]);
+            self.persist(&record);
             self.active
                 .insert(task_id.clone(), Active::new(record, Vec::new()));
             self.place(&task_id);
@@ -358,15 +361,17 @@ impl Core {
         }
     }
 
-    /// Records `records` in the journal (with no wait for the disk: the
+    /// Records `record` in the journal, soon (nothing waits on it: the
     /// writes that must be on disk before something happens carry a [`Done`]).
-    fn persist(&self, records: Vec<TaskRecord>) {
+    fn persist(&self, record: &TaskRecord) {
+        persist(self.journal.as_ref(), record);
+    }
+
+    /// Commits what the journal holds now rather than soon: somebody has
+    /// come to wait on a write that nobody waited on.
+    fn urge(&self) {
         if let Some(journal) = &self.journal {
-            let changes = records
-                .into_iter()
-                .map(|r| Change::Put(Box::new(r)))
-                .collect();
-            journal.write(changes, None);
+            journal.write(Vec::new(), Commit::Now, None);
         }
     }
 
@@ -376,7 +381,9 @@ impl Core {
     /// earlier one.
     fn after_durable(&self, then: impl FnOnce() + Send + 'static) {
         match &self.journal {
-            Some(journal) => journal.write(Vec::new(), Some(Box::new(move |_| then()))),
+            Some(journal) => {
+                journal.write(Vec::new(), Commit::Now, Some(Box::new(move |_| then())))
+            }
             None => then(),
         }
     }
@@ -384,7 +391,11 @@ impl Core {
     /// Drops records from the journal (their results expired or were evicted).
     fn forget(&self, task_ids: Vec<String>) {
         if let (Some(journal), false) = (&self.journal, task_ids.is_empty()) {
-            journal.write(task_ids.into_iter().map(Change::Delete).collect(), None);
+            journal.write(
+                task_ids.into_iter().map(Change::Delete).collect(),
+                Commit::Soon,
+                None,
+            );
         }
     }
 
@@ -457,7 +468,7 @@ impl Core {
                         let changes = fresh
                             .iter()
                             .filter_map(|id| self.active.get(id))
-                            .map(|a| Change::Put(Box::new(a.record.clone())))
+                            .map(|a| Change::put(&a.record))
                             .collect();
                         self.awaiting_disk += 1;
                         self.accepting += fresh.len();
@@ -478,7 +489,7 @@ impl Core {
                                 respond,
                             });
                         });
-                        journal.write(changes, Some(done));
+                        journal.write(changes, Commit::Now, Some(done));
                     }
                     None => {
                         for task_id in &fresh {
@@ -491,9 +502,16 @@ impl Core {
                     let _ = respond.send(Err(error));
                 }
             },
-            Command::Get { task_id, respond } => {
-                let _ = respond.send(self.get(&task_id));
-            }
+            Command::Get { task_id, respond } => match self.active.get_mut(&task_id) {
+                // Ended, on its way to disk: answered once it is there.
+                Some(active) if active.finishing.is_some() => {
+                    active.readers.push(respond);
+                    self.urge();
+                }
+                _ => {
+                    let _ = respond.send(self.get(&task_id));
+                }
+            },
             // A cancel is answered once it is durable: a crash right after
             // it must not bring the task back.
             Command::Cancel { task_id, respond } => {
@@ -556,8 +574,7 @@ impl Core {
                 if let Some(record) = self.results.update(&task_id, |r| {
                     r.callback_sent = Some(delivered);
                 }) {
-                    let record = record.clone();
-                    self.persist(vec![record]);
+                    persist(self.journal.as_ref(), record);
                 }
             }
             Journaled::Accepted {
@@ -691,8 +708,12 @@ impl Core {
         // A resend of a known id is never run twice: its waiter joins the run.
         if let Some(active) = self.active.get_mut(&task.task_id) {
             tracing::debug!(task_id = %task.task_id, "duplicate submit joins the running task");
+            let (finishing, status) = (active.finishing.is_some(), active.record.status);
             active.waiters.extend(task.waiter);
-            return (None, active.record.status);
+            if finishing {
+                self.urge();
+            }
+            return (None, status);
         }
         if let Some(done) = self.results.get(&task.task_id) {
             tracing::debug!(task_id = %task.task_id, "duplicate submit of a finished task");
@@ -858,8 +879,7 @@ impl Core {
             .running_by_type
             .entry(active.record.name.clone())
             .or_default() += 1;
-        let record = active.record.clone();
-        self.persist(vec![record]);
+        persist(self.journal.as_ref(), &active.record);
         Some(request)
     }
 
@@ -964,8 +984,7 @@ impl Core {
                     active.record.status = Status::Retrying;
                     active.record.error = Some(outcome.to_string());
                     active.timer = Some(timer);
-                    let record = active.record.clone();
-                    self.persist(vec![record]);
+                    persist(self.journal.as_ref(), &active.record);
                 }
             }
             outcome if cancel_requested => {
@@ -984,9 +1003,11 @@ impl Core {
     }
 
     /// Ends a task. Its final record goes to the journal first; only once it
-    /// is on disk is it published (cache, waiters, callbacks). Until then the
-    /// task answers queries as it was: a result seen before a crash could
-    /// otherwise be run again after it and reported differently.
+    /// is on disk is it published (cache, waiters, callbacks). A query meanwhile
+    /// is answered then too: a result seen before a crash could otherwise be
+    /// run again after it and reported differently. The record is committed
+    /// at once when somebody waits on it (a blocking submitter, a callback),
+    /// else soon (see [`Commit`]), until somebody asks.
     fn finish(&mut self, task_id: &str, status: Status, result: Value, error: Option<String>) {
         let Some(active) = self
             .active
@@ -996,6 +1017,11 @@ impl Core {
             return;
         };
         active.finishing = Some(status);
+        let when = if active.waiters.is_empty() && active.record.callback.is_none() {
+            Commit::Soon
+        } else {
+            Commit::Now
+        };
         let timer = active.timer.take();
         let mut record = active.record.clone();
         record.status = status;
@@ -1010,14 +1036,20 @@ impl Core {
         match &self.journal {
             Some(journal) => {
                 let tx = self.journaled_tx.clone();
-                let put = Change::Put(Box::new(record.clone()));
+                let put = Change::put(&record);
+                // Those waiting now are answered from the writer thread, with
+                // no detour through the core; later ones when it publishes.
+                let waiters = std::mem::take(&mut active.waiters);
                 let done: Done = Box::new(move |result| {
                     if let Err(e) = result {
                         tracing::error!(task_id = %record.task_id, "result not journaled: {e}");
                     }
+                    for waiter in waiters {
+                        let _ = waiter.send(record.clone());
+                    }
                     let _ = tx.send(Journaled::Finished(Box::new(record)));
                 });
-                journal.write(vec![put], Some(done));
+                journal.write(vec![put], when, Some(done));
             }
             None => self.on_disk(Journaled::Finished(Box::new(record))),
         }
@@ -1025,13 +1057,13 @@ impl Core {
 
     /// Makes a final record visible: to the cache, every waiter and the callback.
     fn publish(&mut self, record: TaskRecord) {
-        let waiters = self
-            .active
-            .remove(&record.task_id)
-            .map(|active| active.waiters)
-            .unwrap_or_default();
-        for waiter in waiters {
-            let _ = waiter.send(record.clone());
+        if let Some(active) = self.active.remove(&record.task_id) {
+            for waiter in active.waiters {
+                let _ = waiter.send(record.clone());
+            }
+            for reader in active.readers {
+                let _ = reader.send(Some(record.clone()));
+            }
         }
         self.send_callback(&record);
         let evicted = self.results.insert(record);
@@ -1092,7 +1124,7 @@ impl Core {
                 cancelled.status = Status::Cancelled;
                 cancelled.error = Some("cancelled".to_owned());
                 cancelled.finished_at = Some(Utc::now());
-                self.persist(vec![cancelled]);
+                self.persist(&cancelled);
                 self.flush_polls();
                 return reply(true, Status::Running, None);
             }
@@ -1513,8 +1545,7 @@ impl Core {
             return;
         }
         active.record.status = Status::Queued;
-        let record = active.record.clone();
-        self.persist(vec![record]);
+        persist(self.journal.as_ref(), &active.record);
         self.place(&task_id);
     }
 
@@ -1653,6 +1684,14 @@ fn cut_short(
 }
 
 /// What a task's next attempt gets.
+/// Records `record` in `journal`, soon (see [`Core::persist`]); a function
+/// of its own so that it can borrow the core's journal beside a task.
+fn persist(journal: Option<&Journal>, record: &TaskRecord) {
+    if let Some(journal) = journal {
+        journal.write(vec![Change::put(record)], Commit::Soon, None);
+    }
+}
+
 fn request_for(record: &TaskRecord) -> TaskRequest {
     TaskRequest {
         task_id: record.task_id.clone(),

@@ -65,7 +65,22 @@ async fn a_restart_keeps_waiting_tasks_and_finished_results() {
     assert_contains(&err, "is in use by another process");
 
     // Shut down: the running blocker finishes, the queued tasks stay journaled.
+    let client = fastworker::client::Client::new(&cp.base, Duration::from_secs(5)).expect("client");
     let stopping = tokio::spawn(cp.stop());
+    // The blocker ends only once the control plane is stopping (it refuses
+    // new tasks), or a queued task could take its slot first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ack = client.submit_ack(wire_task("eight", vec![]), None).await;
+        if ack.is_ok_and(|a| !a.accepted) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the control plane never stopped accepting"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     std::fs::write(fx.path("release"), "").expect("release");
     stopping.await.expect("stopped");
     assert!(
@@ -477,4 +492,46 @@ async fn a_callback_still_on_its_way_at_a_crash_is_sent_after_the_restart() {
         assert!(std::time::Instant::now() < deadline, "{record:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A final record nobody waits on goes to disk soon rather than at once
+/// (journal `Commit::Soon`). A query meanwhile is answered once it is there,
+/// with the result: a query sent after a task finished never reads it as
+/// still running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_after_the_end_reads_the_result_not_running() {
+    let fx = Fixture::new(MANIFEST);
+    let data = fx.path("data");
+    let cp = TestControlPlane::start(&fx, |c| c.data_dir = Some(data.clone())).await;
+    let mut read_while_finishing = 0;
+    for _ in 0..10 {
+        let id = cp.ack("eight", vec![], None).await.task_id;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let sent = chrono::Utc::now();
+            let record = cp.record(&id).await;
+            seen.push((sent, record.status));
+            if record.status.is_final() {
+                assert_eq!(
+                    (record.status, &record.result),
+                    (Status::Success, &json!(8))
+                );
+                let finished = record.finished_at.expect("finished_at");
+                for (sent, status) in &seen {
+                    assert!(
+                        *sent <= finished || status.is_final(),
+                        "a query sent at {sent}, after the end at {finished}, read {status:?}: {seen:?}"
+                    );
+                }
+                read_while_finishing += seen.iter().filter(|(s, _)| *s > finished).count();
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never ended: {seen:?}"
+            );
+        }
+    }
+    eprintln!("queries sent after a task's end: {read_while_finishing}");
 }
