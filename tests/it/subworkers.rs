@@ -425,6 +425,8 @@ async fn sigterm_drains_a_subworker_and_hands_back_what_outlasts_its_grace() {
     let long = submit(&client, "long", None).await;
     wait_record(&client, &short, |r| r.worker.as_deref() == Some("a")).await;
     wait_record(&client, &long, |r| r.worker.as_deref() == Some("a")).await;
+    // Leased to a is not yet running there: its process has started.
+    wait_pid_with_prefix(&fx.path(&format!("long-{}-", a.pid()))).await;
     signal(&a, nix::sys::signal::Signal::SIGTERM);
     assert!(
         wait_for_async(|| async {
