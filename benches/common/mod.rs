@@ -113,3 +113,8 @@ pub async fn concurrent(
     }
     (start.elapsed(), lat)
 }
+
+/// The allocator the `fastworker` binary uses (see src/main.rs), so that
+/// the benches measure what it does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
