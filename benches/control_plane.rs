@@ -7,9 +7,11 @@
 //! 1. the executor alone, sequential (the reference: no network);
 //! 2. blocking submits, sequential, each on a new REQ socket as the CLI and
 //!    FastWorker's Python client do: tasks/s and latency percentiles;
-//! 3. blocking submits, 32 in flight;
+//! 3. blocking submits, 32 and 256 in flight (4 × n each: a rate over a
+//!    short run swings too much);
 //! 4. ack-mode submits (accepted, not waited for), 32 in flight: the rate
-//!    they are accepted at, and the rate they are accepted and run at;
+//!    they are accepted at, and the rate they are accepted and run at
+//!    (4 × n);
 //! 5. the `fastworker submit add 5 3` command, process start to exit.
 //!
 //! Steps 2–4, and batches of 1000 (accepted; accepted and run), are measured
@@ -181,14 +183,28 @@ async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usiz
         &mut lat,
     )];
 
-    let (elapsed, mut lat) = concurrent(client, n, 32, false).await;
-    rows.push(row("blocking submit, 32 in flight", n, elapsed, &mut lat));
+    // Many submits at once: longer runs, as a rate over a short one swings.
+    let many = 4 * n;
+    let (elapsed, mut lat) = concurrent(client, many, 32, false).await;
+    rows.push(row(
+        "blocking submit, 32 in flight",
+        many,
+        elapsed,
+        &mut lat,
+    ));
+    let (elapsed, mut lat) = concurrent(client, many, 256, false).await;
+    rows.push(row(
+        "blocking submit, 256 in flight",
+        many,
+        elapsed,
+        &mut lat,
+    ));
 
     let start = Instant::now();
-    let (elapsed, mut lat) = concurrent(client, n, 32, true).await;
+    let (elapsed, mut lat) = concurrent(client, many, 32, true).await;
     rows.push(row(
         "ack-mode submit, 32 in flight: accepted",
-        n,
+        many,
         elapsed,
         &mut lat,
     ));
@@ -196,7 +212,7 @@ async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usiz
     let mut lat = vec![start.elapsed()];
     rows.push(row(
         "ack-mode submit, 32 in flight: accepted and all run",
-        n,
+        many,
         start.elapsed(),
         &mut lat,
     ));
