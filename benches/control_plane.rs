@@ -41,11 +41,7 @@ const ROUNDS: usize = 5;
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (n, rounds) = if quick { (500, 3) } else { (3000, ROUNDS) };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(bench(n, rounds));
+    common::run(bench(n, rounds));
 }
 
 /// One measured path: its rate and latencies.

@@ -30,11 +30,7 @@ const ROUNDS: usize = 3;
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (n, rounds) = if quick { (300, 1) } else { (2000, ROUNDS) };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(bench(n, rounds));
+    common::run(bench(n, rounds));
 }
 
 #[derive(Debug, Clone, Copy, Default)]

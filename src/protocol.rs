@@ -18,6 +18,11 @@ use crate::manifest::Priority;
 /// The largest message accepted: results are capped at 16 MiB by default,
 /// and a batch may carry many tasks.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Where a control plane listens, and its clients dial, unless told otherwise
+/// (FastWorker's default).
+pub const DEFAULT_BASE_ADDRESS: &str = "tcp://127.0.0.1:5555";
+/// Where control planes announce themselves unless told otherwise.
+pub const DEFAULT_DISCOVERY_ADDRESS: &str = "tcp://127.0.0.1:5550";
 
 /// Encodes a message.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
@@ -368,16 +373,15 @@ impl TaskRecord {
     }
 }
 
-#[cfg(test)]
 impl TaskRecord {
-    /// A queued `add(1, 2)` record, for unit tests.
-    pub fn sample(task_id: &str, status: Status) -> TaskRecord {
+    /// A task just submitted now: no arguments, no attempt, no result.
+    pub fn new(task_id: String, name: String, priority: Priority, status: Status) -> TaskRecord {
         TaskRecord {
-            task_id: task_id.into(),
-            name: "add".into(),
+            task_id,
+            name,
             status,
-            priority: Priority::High,
-            args: vec![Value::from(1), Value::from(2)],
+            priority,
+            args: Vec::new(),
             kwargs: Map::new(),
             submitted_at: Utc::now(),
             eta: None,
@@ -391,6 +395,15 @@ impl TaskRecord {
             callback_sent: None,
             worker: None,
             lease: None,
+        }
+    }
+
+    /// An `add(1, 2)` record, for unit tests.
+    #[cfg(test)]
+    pub fn sample(task_id: &str, status: Status) -> TaskRecord {
+        TaskRecord {
+            args: vec![Value::from(1), Value::from(2)],
+            ..TaskRecord::new(task_id.into(), "add".into(), Priority::High, status)
         }
     }
 }

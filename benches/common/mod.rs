@@ -12,6 +12,15 @@ use fastworker::protocol::{Status, WireTask};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// Runs `bench` on a multi-threaded tokio runtime, as the binary does.
+pub fn run(bench: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench);
+}
+
 /// A manifest in `dir` with the Python runner's `add` in a warm pool of 2,
 /// plus `python` (more functions for `bench_tasks.py`) and `toml` (more tasks).
 pub fn manifest(dir: &Path, python: &str, toml: &str) -> Arc<Manifest> {

@@ -23,7 +23,7 @@ pub struct ConnectArgs {
     #[arg(
         long,
         env = "FASTWORKER_BASE_ADDRESS",
-        default_value = "tcp://127.0.0.1:5555"
+        default_value = crate::protocol::DEFAULT_BASE_ADDRESS
     )]
     pub base_address: String,
     /// Find the control plane through its announcements on this address instead
@@ -237,9 +237,7 @@ pub async fn submit(args: SubmitArgs) -> u8 {
     }
     match result.status {
         Status::Success => {
-            if !args.json {
-                println!("{}", result.result);
-            }
+            println!("{}", result.result);
             0
         }
         _ if result.refused => {

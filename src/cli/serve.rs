@@ -21,14 +21,14 @@ pub struct ControlPlaneArgs {
     #[arg(
         long,
         env = "FASTWORKER_BASE_ADDRESS",
-        default_value = "tcp://127.0.0.1:5555"
+        default_value = crate::protocol::DEFAULT_BASE_ADDRESS
     )]
     pub base_address: String,
     /// Where to announce this control plane (NNG bus, every 2 s)
     #[arg(
         long,
         env = "FASTWORKER_DISCOVERY_ADDRESS",
-        default_value = "tcp://127.0.0.1:5550"
+        default_value = crate::protocol::DEFAULT_DISCOVERY_ADDRESS
     )]
     pub discovery_address: String,
     /// Subworker management port [default: base port + 5, i.e. 5560]
@@ -82,7 +82,7 @@ pub struct SubworkerArgs {
     #[arg(
         long,
         env = "FASTWORKER_DISCOVERY_ADDRESS",
-        default_value = "tcp://127.0.0.1:5550"
+        default_value = crate::protocol::DEFAULT_DISCOVERY_ADDRESS
     )]
     pub discovery_address: String,
     /// Accepted for FastWorker compatibility: a subworker only dials out

@@ -341,7 +341,7 @@ impl Core {
             } else {
                 Status::Queued
             };
-            self.persist(&record);
+            persist(self.journal.as_ref(), &record);
             self.active
                 .insert(task_id.clone(), Active::new(record, Vec::new()));
             self.place(&task_id);
@@ -359,12 +359,6 @@ impl Core {
                 "journal replayed"
             );
         }
-    }
-
-    /// Records `record` in the journal, soon (nothing waits on it: the
-    /// writes that must be on disk before something happens carry a [`Done`]).
-    fn persist(&self, record: &TaskRecord) {
-        persist(self.journal.as_ref(), record);
     }
 
     /// Commits what the journal holds now rather than soon: somebody has
@@ -727,33 +721,20 @@ impl Core {
         };
         let priority = task.priority.unwrap_or(policy.priority);
         let now = Utc::now();
-        let future_eta = task.eta.filter(|eta| *eta > now);
+        let status = if task.eta.is_some_and(|eta| eta > now) {
+            Status::Scheduled
+        } else {
+            Status::Queued
+        };
         let record = TaskRecord {
-            task_id: task.task_id.clone(),
-            name: task.name.clone(),
-            status: if future_eta.is_some() {
-                Status::Scheduled
-            } else {
-                Status::Queued
-            },
-            priority,
             args: task.args,
             kwargs: task.kwargs,
             submitted_at: now,
             eta: task.eta,
-            started_at: None,
-            attempt_started_at: None,
-            finished_at: None,
-            result: Value::Null,
-            error: None,
-            attempts: Vec::new(),
             callback: task.callback,
-            callback_sent: None,
-            worker: None,
-            lease: None,
+            ..TaskRecord::new(task.task_id.clone(), task.name.clone(), priority, status)
         };
         let active = Active::new(record, task.waiter.into_iter().collect());
-        let status = active.record.status;
         tracing::debug!(task_id = %task.task_id, name = %task.name, %priority, status = status.as_str(), "task accepted");
         self.active.insert(task.task_id.clone(), active);
         (Some(task.task_id), status)
@@ -1124,7 +1105,7 @@ impl Core {
                 cancelled.status = Status::Cancelled;
                 cancelled.error = Some("cancelled".to_owned());
                 cancelled.finished_at = Some(Utc::now());
-                self.persist(&cancelled);
+                persist(self.journal.as_ref(), &cancelled);
                 self.flush_polls();
                 return reply(true, Status::Running, None);
             }
@@ -1684,8 +1665,9 @@ fn cut_short(
 }
 
 /// What a task's next attempt gets.
-/// Records `record` in `journal`, soon (see [`Core::persist`]); a function
-/// of its own so that it can borrow the core's journal beside a task.
+/// Records `record` in `journal`, soon: nothing waits on it (the writes that
+/// must be on disk before something happens carry a [`Done`]). A function,
+/// not a method, so that it can borrow the core's journal beside a task.
 fn persist(journal: Option<&Journal>, record: &TaskRecord) {
     if let Some(journal) = journal {
         journal.write(vec![Change::put(record)], Commit::Soon, None);

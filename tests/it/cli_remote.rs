@@ -32,6 +32,12 @@ async fn fastworker(args: &[&str]) -> Output {
         .expect("run fastworker")
 }
 
+/// `fastworker submit --batch FILE` against the control plane at `base`.
+async fn submit_batch(base: &str, file: &std::path::Path) -> Output {
+    let file = file.to_str().expect("utf-8");
+    fastworker(&["submit", "--base-address", base, "--batch", file]).await
+}
+
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -307,14 +313,7 @@ async fn countdown_and_batch_from_the_command_line() {
         "{\"task_name\":\"add\",\"args\":[1,2]}\n\n{\"name\":\"add\",\"args\":[3,4],\"priority\":\"critical\",\"id\":\"b-2\"}\n",
     )
     .expect("write");
-    let o = fastworker(&[
-        "submit",
-        "--base-address",
-        base,
-        "--batch",
-        file.to_str().expect("utf-8"),
-    ])
-    .await;
+    let o = submit_batch(base, &file).await;
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     let ids: Vec<String> = out(&o).lines().map(str::to_owned).collect();
     assert_eq!(ids.len(), 2);
@@ -331,14 +330,7 @@ async fn countdown_and_batch_from_the_command_line() {
 
     // A bad line is named; an unknown task refuses the whole message.
     std::fs::write(&file, "{\"task_name\":\"add\"}\n{\"task_name\": 5}\n").expect("write");
-    let o = fastworker(&[
-        "submit",
-        "--base-address",
-        base,
-        "--batch",
-        file.to_str().expect("utf-8"),
-    ])
-    .await;
+    let o = submit_batch(base, &file).await;
     assert_eq!(o.status.code(), Some(2));
     assert_contains(&err(&o), "batch.jsonl:2: invalid type: integer `5`");
     std::fs::write(
@@ -346,14 +338,7 @@ async fn countdown_and_batch_from_the_command_line() {
         "{\"task_name\":\"add\",\"id\":\"b-3\"}\n{\"task_name\":\"nope\"}\n",
     )
     .expect("write");
-    let o = fastworker(&[
-        "submit",
-        "--base-address",
-        base,
-        "--batch",
-        file.to_str().expect("utf-8"),
-    ])
-    .await;
+    let o = submit_batch(base, &file).await;
     assert_eq!(o.status.code(), Some(2));
     assert_contains(&err(&o), "tasks 1–2 refused: unknown task 'nope'");
     assert!(
