@@ -55,7 +55,7 @@ pub struct Config {
     /// Requests each socket serves at once; a blocking submit holds one until
     /// its task ends.
     pub contexts_per_socket: usize,
-    /// Where the journal lives (`journal.redb`); `None` keeps everything in
+    /// Where the journal lives (`journal.log`); `None` keeps everything in
     /// memory only (tests, and `--no-journal` for benchmarks).
     pub data_dir: Option<std::path::PathBuf>,
 }
