@@ -32,7 +32,7 @@ use fastworker::protocol::WireTask;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use common::{concurrent, submit, task};
+use common::{concurrent, median, submit, task};
 
 mod common;
 
@@ -155,12 +155,6 @@ async fn bench(n: usize, rounds: usize) {
         "rounds: {rounds} (medians shown); machine: {} cores; control plane: concurrency 2, pool_size 2; loopback TCP",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usize) -> Vec<Row> {

@@ -62,9 +62,7 @@ async fn bench(n: usize, rounds: usize) {
     );
     println!("|---|---|---|---|---|---|---|");
     let median = |runs: &[Figures], f: fn(&Figures) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        common::median(&runs.iter().map(f).collect::<Vec<_>>())
     };
     for (k, runs) in figures.iter().enumerate() {
         let label = if k == 0 {

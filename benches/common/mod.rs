@@ -123,6 +123,13 @@ pub async fn concurrent(
     (start.elapsed(), lat)
 }
 
+/// The middle value (the upper one of the two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// The allocator the `fastworker` binary uses (see src/main.rs), so that
 /// the benches measure what it does.
 #[global_allocator]

@@ -8,8 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    BIN, Fixture, KillOnDrop, TestControlPlane, assert_contains, spawn_control_plane,
-    wait_for_async,
+    BIN, Fixture, TestControlPlane, assert_contains, spawn_control_plane, wait_for_async,
 };
 
 const MANIFEST: &str = r#"
@@ -245,7 +244,6 @@ async fn exit_code(child: &mut tokio::process::Child) -> Option<i32> {
 async fn sigterm_lets_running_tasks_finish_and_exits_0() {
     let fx = Fixture::new(MANIFEST);
     let (mut child, _base, submit) = draining_with_a_blocker(&fx).await;
-    let _guard = KillOnDrop(child.id().expect("pid"));
     std::fs::write(fx.path("release"), "").expect("release");
     let o = submit.await.expect("join");
     let r: Value = serde_json::from_str(&out(&o)).expect("json");
@@ -261,7 +259,6 @@ async fn a_second_sigterm_cancels_running_tasks() {
     let fx = Fixture::new(MANIFEST);
     // The blocker is never released: only a second signal ends it.
     let (mut child, _base, submit) = draining_with_a_blocker(&fx).await;
-    let _guard = KillOnDrop(child.id().expect("pid"));
     signal(&child, nix::sys::signal::Signal::SIGTERM);
     let o = submit.await.expect("join");
     let r: Value = serde_json::from_str(&out(&o)).expect("json");

@@ -8,7 +8,7 @@ use fastworker::protocol::Status;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Fixture, KillOnDrop, TestControlPlane, assert_contains, process_alive, rand_u16, read_pid,
+    Fixture, TestControlPlane, assert_contains, process_alive, rand_u16, read_pid,
     spawn_control_plane, spawn_control_plane_via, wait_for, wait_status, wire_task,
 };
 
@@ -151,7 +151,6 @@ async fn kill_9_at_random_moments_loses_no_accepted_task() {
     let mut reported: HashMap<String, Value> = HashMap::new();
     for round in 0..5 {
         let (mut child, client) = control_plane(&fx).await;
-        let guard = KillOnDrop(child.id().expect("pid"));
         // Submit a random number of tasks, note the results reported so far
         // (at least one), then kill -9 while the rest are queued or running.
         let kill_after = 5 + usize::from(rand_u16() % 25);
@@ -183,7 +182,6 @@ async fn kill_9_at_random_moments_loses_no_accepted_task() {
         }
         accepted.extend(this_round);
         kill_9(&mut child).await;
-        drop(guard);
     }
 
     // After the last crash: every accepted task completes, and every result
@@ -233,7 +231,6 @@ async fn kill_9_at_random_moments_loses_no_accepted_task() {
 async fn a_cancel_survives_kill_9() {
     let fx = Fixture::new(MANIFEST);
     let (mut child, client) = control_plane(&fx).await;
-    let guard = KillOnDrop(child.id().expect("pid"));
     let running = client
         .submit_ack(wire_task("blocker", vec![]), None)
         .await
@@ -265,7 +262,6 @@ async fn a_cancel_survives_kill_9() {
     );
     // Crash right after the cancels were answered.
     kill_9(&mut child).await;
-    drop(guard);
 
     let (_child, client) = control_plane(&fx).await;
     for id in [&queued.task_id, &running.task_id] {
@@ -295,13 +291,12 @@ async fn a_task_that_cannot_be_journaled_is_refused_and_never_runs() {
     let fx = Fixture::new(MANIFEST);
     // A file-size limit of 6 MiB: the journal's first 4 MiB fit, the next
     // growth fails as a full disk would.
-    let (child, base) = spawn_control_plane_via(
+    let (_child, base) = spawn_control_plane_via(
         &fx,
         1,
         &["bash", "-c", "ulimit -f 6144 && exec \"$0\" \"$@\""],
     )
     .await;
-    let _guard = KillOnDrop(child.id().expect("pid"));
     let client = fastworker::client::Client::new(&base, Duration::from_secs(10)).expect("client");
     let big = "x".repeat(256 * 1024);
     let mut refused = None;
@@ -351,7 +346,6 @@ async fn a_task_that_cannot_be_journaled_is_refused_and_never_runs() {
 async fn an_attempt_lost_to_a_crash_does_not_use_up_a_retry_and_its_process_is_killed() {
     let fx = Fixture::new(MANIFEST);
     let (mut child, client) = control_plane(&fx).await;
-    let guard = KillOnDrop(child.id().expect("pid"));
     let ack = client
         .submit_ack(wire_task("third_time", vec![]), None)
         .await
@@ -373,7 +367,6 @@ async fn an_attempt_lost_to_a_crash_does_not_use_up_a_retry_and_its_process_is_k
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     kill_9(&mut child).await;
-    drop(guard);
 
     // The killed control plane's task is still running, orphaned.
     let orphan = read_pid(&fx.path("first.pid")).await;
@@ -431,7 +424,6 @@ async fn a_callback_still_on_its_way_at_a_crash_is_sent_after_the_restart() {
     let fx = Fixture::new(MANIFEST);
     let address = format!("ipc://{}", fx.path("callback.ipc").display());
     let (mut child, client) = control_plane(&fx).await;
-    let guard = KillOnDrop(child.id().expect("pid"));
     let mut task = wire_task("eight", vec![]);
     task.callback = Some(json!({"address": address, "data": {"k": "v"}}));
     let ack = client.submit_ack(task, None).await.expect("ack");
@@ -446,7 +438,6 @@ async fn a_callback_still_on_its_way_at_a_crash_is_sent_after_the_restart() {
         .expect("task");
     assert_eq!(record.callback_sent, None);
     kill_9(&mut child).await;
-    drop(guard);
 
     let mut listener = tokio::process::Command::new(&python)
         .args([

@@ -140,8 +140,7 @@ fn signal(process: &Logged, signal: nix::sys::signal::Signal) {
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_go_to_the_least_loaded_subworker_that_defines_them() {
     let (fx, fx_b) = (Fixture::new(MANIFEST), fixture_b());
-    let (cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
-    let _guard = KillOnDrop(cp.pid());
+    let (_cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
     let a = subworker(&fx, &base, "a", 2, &[]).await;
     let b = subworker(&fx_b, &base, "b", 2, &[]).await;
     let client = client(&base);
@@ -218,8 +217,7 @@ async fn tasks_go_to_the_least_loaded_subworker_that_defines_them() {
 async fn two_workers_that_define_a_task_differently_are_warned_about() {
     let fx = Fixture::new(MANIFEST);
     let fx_other = Fixture::new(&MANIFEST.replace("echo 8", "echo 9"));
-    let (cp, base) = spawn_control_plane_with(&fx, 1, &[], &[]).await;
-    let _guard = KillOnDrop(cp.pid());
+    let (_cp, base) = spawn_control_plane_with(&fx, 1, &[], &[]).await;
     let _a = subworker(&fx, &base, "a", 1, &[]).await;
     let b = subworker(&fx_other, &base, "b", 1, &[]).await;
     let warned = wait_for(Duration::from_secs(10), || {
@@ -238,8 +236,7 @@ async fn two_workers_that_define_a_task_differently_are_warned_about() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_control_plane_runs_a_task_itself_only_when_no_subworker_has_room() {
     let fx = Fixture::new(MANIFEST);
-    let (cp, base) = spawn_control_plane_with(&fx, 1, &[], &[]).await;
-    let _guard = KillOnDrop(cp.pid());
+    let (_cp, base) = spawn_control_plane_with(&fx, 1, &[], &[]).await;
     let _a = subworker(&fx, &base, "a", 1, &[]).await;
     let client = client(&base);
     let first = submit(&client, "long", None).await;
@@ -258,8 +255,7 @@ async fn the_control_plane_runs_a_task_itself_only_when_no_subworker_has_room() 
 #[tokio::test(flavor = "multi_thread")]
 async fn priority_holds_across_the_cluster() {
     let fx = Fixture::new(MANIFEST);
-    let (cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
-    let _guard = KillOnDrop(cp.pid());
+    let (_cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
     let _a = subworker(&fx, &base, "a", 1, &[]).await;
     let client = client(&base);
     let blocker = submit(&client, "long", None).await;
@@ -286,8 +282,7 @@ async fn priority_holds_across_the_cluster() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subworker_killed_mid_task_has_its_task_run_elsewhere_within_5_s() {
     let fx = Fixture::new(MANIFEST);
-    let (cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
-    let _guard = KillOnDrop(cp.pid());
+    let (_cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
     let mut procs = [
         ("a", subworker(&fx, &base, "a", 1, &[]).await),
         ("b", subworker(&fx, &base, "b", 1, &[]).await),
@@ -325,8 +320,7 @@ async fn a_subworker_killed_mid_task_has_its_task_run_elsewhere_within_5_s() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flapping_worker_loses_its_lease_its_late_result_is_dropped_and_it_rejoins() {
     let fx = Fixture::new(MANIFEST);
-    let (cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
-    let _guard = KillOnDrop(cp.pid());
+    let (_cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
     let a = subworker(&fx, &base, "a", 1, &[]).await;
     let client = client(&base);
     let id = submit(&client, "nap", None).await;
@@ -367,8 +361,7 @@ async fn a_flapping_worker_loses_its_lease_its_late_result_is_dropped_and_it_rej
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_a_task_on_a_subworker() {
     let fx = Fixture::new(MANIFEST);
-    let (cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
-    let _guard = KillOnDrop(cp.pid());
+    let (_cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
     let a = subworker(&fx, &base, "a", 1, &[]).await;
     let client = client(&base);
     let id = submit(&client, "long", None).await;
@@ -417,8 +410,7 @@ async fn wait_pid_with_prefix(prefix: &std::path::Path) -> u32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_a_subworker_and_hands_back_what_outlasts_its_grace() {
     let fx = Fixture::new(MANIFEST);
-    let (cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
-    let _guard = KillOnDrop(cp.pid());
+    let (_cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
     let mut a = subworker(&fx, &base, "a", 2, &["--shutdown-grace", "1500ms"]).await;
     let client = client(&base);
     let short = submit(&client, "nap", None).await;
@@ -476,7 +468,6 @@ async fn sigterm_drains_a_subworker_and_hands_back_what_outlasts_its_grace() {
 async fn a_restarted_control_plane_is_rejoined_and_leaves_running_tasks_to_their_worker() {
     let fx = Fixture::new(MANIFEST);
     let (mut cp, base) = spawn_control_plane_with(&fx, 1, &[], &["--no-local-tasks"]).await;
-    let guard = KillOnDrop(cp.pid());
     let a = subworker(&fx, &base, "a", 1, &[]).await;
     let client = client(&base);
     let id = submit(&client, "slowish", None).await;
@@ -485,11 +476,9 @@ async fn a_restarted_control_plane_is_rejoined_and_leaves_running_tasks_to_their
     tokio::time::sleep(Duration::from_millis(100)).await;
     signal(&cp, nix::sys::signal::Signal::SIGKILL);
     let _ = cp.child.wait().await;
-    drop(guard);
-    let cp = spawn_control_plane_at(&fx, &base, 1, &[], &["--no-local-tasks"])
+    let _cp = spawn_control_plane_at(&fx, &base, 1, &[], &["--no-local-tasks"])
         .await
         .expect("restart on the same ports");
-    let _guard = KillOnDrop(cp.pid());
     let done = wait_record(&client, &id, |r| r.status.is_final()).await;
     assert_eq!(done.status, Status::Success, "{done:?}");
     // One attempt: the run on a went on through the restart.
