@@ -130,6 +130,61 @@ pub struct WireTask {
     pub reply: ReplyMode,
 }
 
+/// The longest task id accepted.
+pub const MAX_TASK_ID: usize = 128;
+
+/// Checks a task id: 1 to [`MAX_TASK_ID`] bytes of ASCII letters, digits
+/// and `-_.:@+=/#~` (a UUID fits; so do ids people make up, such as
+/// `nightly-2026-11-29`), so that ids can be printed, logged and used in
+/// file names and URLs as they are.
+pub fn check_task_id(id: &str) -> Result<(), String> {
+    let shown = || {
+        let cut: String = id.chars().take(40).collect();
+        let more = if id.chars().count() > 40 { "…" } else { "" };
+        format!("{cut:?}{more}")
+    };
+    if id.is_empty() {
+        return Err("a task id cannot be empty".to_owned());
+    }
+    if id.len() > MAX_TASK_ID {
+        return Err(format!(
+            "task id {} is {} bytes long; the limit is {MAX_TASK_ID}",
+            shown(),
+            id.len()
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:@+=/#~".contains(*c)))
+    {
+        return Err(format!(
+            "task id {} contains {bad:?}; use ASCII letters, digits and -_.:@+=/#~",
+            shown()
+        ));
+    }
+    Ok(())
+}
+
+impl WireTask {
+    /// Checks what a submit may carry: a valid id, and arguments and a
+    /// callback that nest no deeper than [`crate::executor::MAX_NESTING`].
+    pub fn check(&self) -> Result<(), String> {
+        use crate::executor::{MAX_NESTING, check_nesting};
+        check_task_id(&self.id)?;
+        let at = |e: String| format!("task {}: {e}", self.id);
+        for arg in &self.args {
+            check_nesting("an argument", arg, MAX_NESTING).map_err(at)?;
+        }
+        for (key, value) in &self.kwargs {
+            check_nesting(&format!("keyword argument {key:?}"), value, MAX_NESTING).map_err(at)?;
+        }
+        if let Some(callback) = &self.callback {
+            check_nesting("the callback", callback, MAX_NESTING).map_err(at)?;
+        }
+        Ok(())
+    }
+}
+
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }

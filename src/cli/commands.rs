@@ -28,6 +28,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::List(args) if args.remote => super::remote::list(&args).await,
         Command::List(args) => list(manifest, &args),
         Command::Check => check(manifest),
+        Command::Journal(args) => super::journal::journal(&args),
     }
 }
 

@@ -10,6 +10,7 @@
 mod args;
 mod batch;
 mod commands;
+mod journal;
 mod remote;
 mod serve;
 
@@ -57,6 +58,8 @@ pub enum Command {
     List(ListArgs),
     /// Validate the manifest: exit 0 if it is valid, 1 if not
     Check,
+    /// Check or repair a control plane's journal (its data dir)
+    Journal(journal::JournalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
             | Command::Status(_)
             | Command::Cancel(_)
             | Command::Workers(_)
+            | Command::Journal(_)
     ) {
         quiet_on_broken_pipe();
     }

@@ -213,6 +213,13 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
             }
         };
     let journal = match &config.data_dir {
+        Some(dir) if !running.quarantined.is_empty() => format!(
+            "journal in {}, {} undecodable record{} quarantined in {} (see the log above)",
+            dir.join(crate::journal::FILE).display(),
+            running.quarantined.len(),
+            if running.quarantined.len() == 1 { "" } else { "s" },
+            dir.join(crate::journal::recover::QUARANTINE_DIR).display(),
+        ),
         Some(dir) => format!("journal in {}", dir.join(crate::journal::FILE).display()),
         None => "no journal (--no-journal: a crash loses every task)".to_owned(),
     };

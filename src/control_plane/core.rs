@@ -289,12 +289,13 @@ impl Core {
     /// finished tasks are queryable again until their TTL runs out; waiting
     /// ones wait again, in their old order; a task that was running is run
     /// again, its interrupted attempt counted as lost.
-    pub fn restore(&mut self, mut records: Vec<TaskRecord>) {
-        records.sort_by_key(|r| r.submitted_at);
+    pub fn restore(&mut self, replay: crate::journal::Replay) {
+        let quarantined = replay.quarantined.len();
         let (mut finished, mut requeued, mut forgotten) = (0, 0, Vec::new());
         let mut pending_callbacks = Vec::new();
         let now = Utc::now();
-        for mut record in records {
+        // Oldest submit first: waiting tasks keep their old order.
+        for mut record in replay.records() {
             if record.status.is_final() {
                 let finished_at = record.finished_at.unwrap_or(record.submitted_at);
                 let age = (now - finished_at).to_std().unwrap_or_default();
@@ -355,6 +356,7 @@ impl Core {
             tracing::info!(
                 finished,
                 requeued,
+                quarantined,
                 callbacks = pending_callbacks.len(),
                 "journal replayed"
             );
@@ -653,9 +655,6 @@ impl Core {
         }
         let mut fresh = 0;
         for task in &tasks {
-            if task.task_id.is_empty() {
-                return Err(format!("task '{}' has an empty id", task.name));
-            }
             // A known id is a resend of that task, unless it names another one.
             match self.known_name(&task.task_id) {
                 Some(name) if name == task.name => continue,

@@ -173,6 +173,7 @@ fn new_task(
     task: WireTask,
     waiter: Option<oneshot::Sender<protocol::TaskRecord>>,
 ) -> Result<NewTask, String> {
+    task.check()?;
     let eta = task
         .eta
         .as_deref()
@@ -286,15 +287,27 @@ pub async fn manage(core: &CoreHandle, bytes: Vec<u8>) -> Vec<u8> {
             protocol::encode(&reply)
         }
         Manage::Result(result) => {
-            let execution = match serde_json::from_value(result.execution) {
-                Ok(execution) => Box::new(execution),
-                Err(e) => {
-                    return protocol::encode(&Applied {
-                        applied: false,
-                        error: Some(format!("not a run record: {e}")),
-                    });
-                }
-            };
+            let execution =
+                match serde_json::from_value::<crate::executor::Execution>(result.execution) {
+                    Ok(mut execution) => {
+                        // Held to the same bound as a result run here.
+                        if let crate::executor::Outcome::Success { result } = &execution.outcome
+                            && let Err(message) = crate::executor::check_result(result)
+                        {
+                            execution.outcome = crate::executor::Outcome::InvalidOutput {
+                                message,
+                                head: String::new(),
+                            };
+                        }
+                        Box::new(execution)
+                    }
+                    Err(e) => {
+                        return protocol::encode(&Applied {
+                            applied: false,
+                            error: Some(format!("not a run record: {e}")),
+                        });
+                    }
+                };
             let reply = core
                 .ask(|respond| Command::WorkResult {
                     hello: result.hello,

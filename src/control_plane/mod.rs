@@ -95,6 +95,9 @@ pub enum ControlPlaneError {
 pub struct ControlPlane {
     pub endpoints: Endpoints,
     pub core: CoreHandle,
+    /// Journal records that could not be decoded at start, set aside (see
+    /// [`crate::journal::recover`]).
+    pub quarantined: Vec<std::path::PathBuf>,
     tasks: JoinSet<()>,
 }
 
@@ -118,10 +121,10 @@ pub async fn start(
     // so, whatever its ports.
     let (journal, replay) = match &config.data_dir {
         Some(dir) => {
-            let (journal, records) = crate::journal::Journal::open(dir)?;
-            (Some(journal), records)
+            let (journal, replay) = crate::journal::Journal::open(dir)?;
+            (Some(journal), replay)
         }
-        None => (None, Vec::new()),
+        None => (None, crate::journal::Replay::default()),
     };
 
     let mut submit_servers = Vec::new();
@@ -178,6 +181,7 @@ pub async fn start(
         tx.clone(),
         journal,
     );
+    let quarantined = replay.quarantined.clone();
     core.restore(replay);
     let handle = CoreHandle::new(tx);
     let mut tasks = JoinSet::new();
@@ -246,6 +250,7 @@ pub async fn start(
     Ok(ControlPlane {
         endpoints,
         core: handle,
+        quarantined,
         tasks,
     })
 }

@@ -19,7 +19,10 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use outcome::{Execution, ExitState, Outcome, STDERR_TAIL, TaskError, TaskRequest};
+pub use outcome::{
+    Execution, ExitState, MAX_NESTING, MAX_RESULT_NESTING, Outcome, STDERR_TAIL, TaskError,
+    TaskRequest, check_nesting, check_result, nesting,
+};
 pub use pool::Pool;
 pub use process::kill_strays;
 

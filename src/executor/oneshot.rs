@@ -187,7 +187,13 @@ fn judge(status: ExitStatus, stdout: &[u8]) -> Outcome {
             };
         }
         return match serde_json::from_slice(stdout) {
-            Ok(result) => Outcome::Success { result },
+            Ok(result) => match super::outcome::check_result(&result) {
+                Ok(()) => Outcome::Success { result },
+                Err(message) => Outcome::InvalidOutput {
+                    message,
+                    head: process::head(stdout),
+                },
+            },
             Err(e) => Outcome::InvalidOutput {
                 message: format!("stdout is not one JSON value: {e}"),
                 head: process::head(stdout),

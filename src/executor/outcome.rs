@@ -10,6 +10,49 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// How deep a value in a task's arguments may nest (arrays and objects
+/// inside one another). Deeper values are refused at submit.
+pub const MAX_NESTING: usize = 64;
+
+/// How deep a task's result may nest: deeper output is invalid. Above
+/// [`MAX_NESTING`], so that a task may wrap its arguments (an echo answers
+/// with its whole request), and far enough under the usual parser limit of
+/// 128 that every record (a result sits 3 levels down in it) stays readable
+/// by any JSON parser.
+pub const MAX_RESULT_NESTING: usize = 100;
+
+/// How many arrays and objects `value` nests inside one another (`5` is 0,
+/// `[5]` is 1, `{"a": [5]}` is 2). Iterative: a deep value cannot overflow
+/// the stack here.
+pub fn nesting(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0)];
+    while let Some((value, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(fields) => stack.extend(fields.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// An error if `value` nests deeper than `limit`; `what` names it.
+pub fn check_nesting(what: &str, value: &Value, limit: usize) -> Result<(), String> {
+    match nesting(value) {
+        n if n > limit => Err(format!(
+            "{what} nests {n} levels deep; the limit is {limit}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An error if a task's result nests deeper than [`MAX_RESULT_NESTING`].
+pub fn check_result(result: &Value) -> Result<(), String> {
+    check_nesting("the result", result, MAX_RESULT_NESTING)
+}
+
 /// The JSON object a task process receives (one-shot: on stdin; pool: as one
 /// line, with an `id` added by the pool).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -357,9 +357,16 @@ fn judge_reply(line: &[u8], id: u64) -> Served {
         ));
     }
     if let Some(result) = reply.remove("ok") {
-        return Served {
-            outcome: Outcome::Success { result },
-            reusable: true,
+        return match super::outcome::check_result(&result) {
+            Ok(()) => Served {
+                outcome: Outcome::Success { result },
+                reusable: true,
+            },
+            // The process behaved; its answer is refused.
+            Err(message) => Served {
+                reusable: true,
+                ..invalid(message)
+            },
         };
     }
     match reply

@@ -6,6 +6,7 @@ mod cli_remote;
 mod control_plane;
 mod durability;
 mod helpers;
+mod journal;
 mod manifest;
 mod netns;
 mod oneshot;

@@ -1,0 +1,87 @@
+//! `fastworker journal check|repair`: the operator's look at a data dir's
+//! journal, and the way out when it is damaged.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::commands::{EXIT_FAILED, EXIT_UNUSABLE};
+use crate::journal::recover;
+
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    #[command(subcommand)]
+    pub action: JournalAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalAction {
+    /// Read the journal and say what it holds and what is wrong with it,
+    /// changing nothing (safe while a control plane runs); exit 1 if
+    /// acknowledged changes are unreadable
+    Check(DataDirArgs),
+    /// Rewrite the journal with every readable record (the control plane
+    /// must be stopped): undecodable records go to quarantine/, the
+    /// original file is kept beside the new one
+    Repair(DataDirArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataDirArgs {
+    /// The control plane's data dir
+    #[arg(long, env = "FASTWORKER_DATA_DIR", default_value = ".fastworker")]
+    pub data_dir: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn journal(args: &JournalArgs) -> u8 {
+    let (report, repairing) = match &args.action {
+        JournalAction::Check(a) => (recover::check(&a.data_dir), false),
+        JournalAction::Repair(a) => (recover::repair(&a.data_dir), true),
+    };
+    let json = match &args.action {
+        JournalAction::Check(a) | JournalAction::Repair(a) => a.json,
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_UNUSABLE;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        print!("{report}");
+    }
+    match (repairing, report.healthy(), &report.kept_original) {
+        (false, true, _) => {
+            if !json {
+                println!("ok: every acknowledged change is readable");
+            }
+            0
+        }
+        (false, false, _) => {
+            if !json {
+                println!(
+                    "the control plane will not start on this journal: stop it (if it runs) and run `fastworker journal repair`"
+                );
+            }
+            EXIT_FAILED
+        }
+        (true, _, None) => {
+            if !json {
+                println!("nothing to repair");
+            }
+            0
+        }
+        (true, _, Some(_)) => {
+            if !json {
+                println!("repaired: the journal now holds every readable record");
+            }
+            0
+        }
+    }
+}
