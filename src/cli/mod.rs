@@ -145,21 +145,14 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn init_tracing(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    // anng 0.1 logs every cancelled wait (a timeout, a select!, each context
-    // at shutdown) at warn: keep it at error unless the filter names anng.
     let given = level
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
         .filter(|f| !f.trim().is_empty())
         .unwrap_or_else(|| "warn".to_owned());
-    let directives = if given.contains("anng") {
-        given
-    } else {
-        format!("{given},anng=error")
-    };
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
-        eprintln!("warning: bad log filter {directives:?} ({e}); using 'warn'");
-        EnvFilter::new("warn,anng=error")
+    let filter = EnvFilter::try_new(&given).unwrap_or_else(|e| {
+        eprintln!("warning: bad log filter {given:?} ({e}); using 'warn'");
+        EnvFilter::new("warn")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

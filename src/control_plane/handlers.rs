@@ -6,6 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Command, NewTask};
 use crate::manifest::Manifest;
+use crate::transport::Request;
 use crate::protocol::{
     self, Ack, Applied, BatchReply, CancelReply, ErrorReply, Manage, Query, Registered, ReplyMode,
     ResultReply, Status, StatusReply, Submit, TaskInfo, TaskList, TaskResult, WireTask, WorkerInfo,
@@ -13,6 +14,13 @@ use crate::protocol::{
 };
 
 const SHUT_DOWN: &str = "the control plane is shutting down";
+
+/// The reply to a request a limit turned away (see [`crate::transport::Limits`]).
+pub fn busy_reply() -> Vec<u8> {
+    protocol::encode(&ErrorReply {
+        error: "busy: the control plane is at its limit of requests under way or of large messages being read; try again shortly".to_owned(),
+    })
+}
 
 /// A handle on the core, for the socket handlers.
 #[derive(Debug, Clone)]
@@ -77,8 +85,12 @@ impl CoreHandle {
 /// A task's priority is its message's `priority` field (FastWorker's client
 /// always sends one, matching the socket it uses), else the task's priority
 /// in the manifest; the socket a message arrives on does not override it.
-pub async fn submit(core: &CoreHandle, bytes: Vec<u8>) -> Vec<u8> {
-    match Submit::decode(&bytes) {
+pub async fn submit(core: &CoreHandle, request: Request) -> Vec<u8> {
+    let decoded = Submit::decode(request.bytes());
+    // The message's bytes (and its share of the in-flight budget) go now,
+    // not when the task ends.
+    drop(request);
+    match decoded {
         Err(error) => protocol::encode(&ErrorReply { error }),
         Ok(Submit::Task(task)) => submit_one(core, *task).await,
         Ok(Submit::Batch(tasks)) => {
@@ -200,9 +212,11 @@ pub struct About {
 }
 
 /// The query socket: results, status, cancel, the task list, the workers.
-pub async fn query(core: &CoreHandle, about: &About, bytes: Vec<u8>) -> Vec<u8> {
+pub async fn query(core: &CoreHandle, about: &About, request: Request) -> Vec<u8> {
     let manifest = &about.manifest;
-    match Query::decode(&bytes) {
+    let decoded = Query::decode(request.bytes());
+    drop(request);
+    match decoded {
         Ok(Query::Info) => protocol::encode(&about.info),
         Ok(Query::Workers) => match core.workers().await {
             Some(workers) => protocol::encode(&WorkerList { workers }),
@@ -253,8 +267,10 @@ pub async fn query(core: &CoreHandle, about: &About, bytes: Vec<u8>) -> Vec<u8> 
 }
 
 /// The management socket: what subworkers send (see [`protocol::Manage`]).
-pub async fn manage(core: &CoreHandle, bytes: Vec<u8>) -> Vec<u8> {
-    let message = match protocol::decode::<Manage>(&bytes) {
+pub async fn manage(core: &CoreHandle, request: Request) -> Vec<u8> {
+    let decoded = protocol::decode::<Manage>(request.bytes());
+    drop(request);
+    let message = match decoded {
         Ok(message) => message,
         Err(error) => return protocol::encode(&ErrorReply { error }),
     };

@@ -52,9 +52,9 @@ pub struct Config {
     pub max_queue: usize,
     /// How long running tasks may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
-    /// Requests each socket serves at once; a blocking submit holds one until
-    /// its task ends.
-    pub contexts_per_socket: usize,
+    /// What the sockets allow their peers: message size, requests under
+    /// way, connections, memory (see [`transport::Limits`]).
+    pub limits: transport::Limits,
     /// Where the journal lives (`journal.log`); `None` keeps everything in
     /// memory only (tests, and `--no-journal` for benchmarks).
     pub data_dir: Option<std::path::PathBuf>,
@@ -74,7 +74,7 @@ impl Config {
             local_tasks: true,
             max_queue: 100_000,
             shutdown_grace: Duration::from_secs(30),
-            contexts_per_socket: 1024,
+            limits: transport::Limits::default(),
             data_dir: None,
         }
     }
@@ -127,18 +127,19 @@ pub async fn start(
         None => (None, crate::journal::Replay::default()),
     };
 
+    let guard = transport::Guard::new(config.limits.clone());
     let mut submit_servers = Vec::new();
     for priority in Priority::ALL {
-        submit_servers.push(ReplyServer::listen(endpoints.submit(priority)).await?);
+        submit_servers.push(ReplyServer::listen(endpoints.submit(priority), &guard)?);
     }
-    let query_server = ReplyServer::listen(&endpoints.query).await?;
+    let query_server = ReplyServer::listen(&endpoints.query, &guard)?;
     if endpoints.subworker.is_empty() {
         return Err(ControlPlaneError::Address(format!(
             "{}: no port for subworkers at base + 5; pass --subworker-port",
             config.base_address
         )));
     }
-    let manage_server = ReplyServer::listen(&endpoints.subworker).await?;
+    let manage_server = ReplyServer::listen(&endpoints.subworker, &guard)?;
     // Servers stop after the core has drained, so that blocking submits get
     // their answers.
     let servers_stop = CancellationToken::new();
@@ -195,18 +196,19 @@ pub async fn start(
         tracing::info!("control plane stopped");
     });
     tasks.spawn(announcer);
+    tasks.spawn(Arc::clone(&guard).sweep(servers_stop.clone()));
+    let busy = handlers::busy_reply();
     for server in submit_servers {
-        let (core, stop) = (handle.clone(), servers_stop.clone());
-        let contexts = config.contexts_per_socket;
+        let (core, stop, busy) = (handle.clone(), servers_stop.clone(), busy.clone());
         tasks.spawn(async move {
             let core = &core;
             server
-                .serve(contexts, move |bytes| handlers::submit(core, bytes), stop)
+                .serve(move |request| handlers::submit(core, request), busy, stop)
                 .await;
         });
     }
     {
-        let (core, stop) = (handle.clone(), servers_stop.clone());
+        let (core, stop, busy) = (handle.clone(), servers_stop.clone(), busy.clone());
         let about = handlers::About {
             manifest: Arc::clone(&manifest),
             info: crate::protocol::Info {
@@ -215,25 +217,19 @@ pub async fn start(
                 subworker_address: endpoints.subworker.clone(),
             },
         };
-        let contexts = config.contexts_per_socket;
         tasks.spawn(async move {
             let (core, about) = (&core, &about);
             query_server
-                .serve(
-                    contexts,
-                    move |bytes| handlers::query(core, about, bytes),
-                    stop,
-                )
+                .serve(move |request| handlers::query(core, about, request), busy, stop)
                 .await;
         });
     }
     {
         let (core, stop) = (handle.clone(), servers_stop.clone());
-        let contexts = config.contexts_per_socket;
         tasks.spawn(async move {
             let core = &core;
             manage_server
-                .serve(contexts, move |bytes| handlers::manage(core, bytes), stop)
+                .serve(move |request| handlers::manage(core, request), busy, stop)
                 .await;
         });
     }

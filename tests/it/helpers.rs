@@ -178,7 +178,6 @@ impl TestControlPlane {
             let discovery = format!("tcp://127.0.0.1:{}", base_port + 6);
             let mut config = fastworker::control_plane::Config::new(&base, &discovery);
             config.concurrency = 2;
-            config.contexts_per_socket = 256;
             tweak(&mut config);
             let shutdown = CancellationToken::new();
             match fastworker::control_plane::start(config, Arc::clone(&manifest), shutdown.clone())
