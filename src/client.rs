@@ -168,9 +168,20 @@ impl Client {
         timeout: Duration,
     ) -> Result<R, ClientError> {
         let requester = self.requester(url).await?;
-        let reply = requester
-            .request(&protocol::encode(message), timeout)
-            .await?;
+        let body = protocol::encode(message);
+        let reply = requester.request(&body, timeout).await.map_err(|e| {
+            if body.len() > protocol::MAX_MESSAGE {
+                // NNG drops the connection of a message over the limit
+                // before reading it, so no answer comes.
+                ClientError::Refused(format!(
+                    "{e}: the message is {} bytes, over a control plane's default --max-message-size ({} bytes); send less at once (e.g. a smaller --batch-size)",
+                    body.len(),
+                    protocol::MAX_MESSAGE
+                ))
+            } else {
+                ClientError::Transport(e)
+            }
+        })?;
         protocol::decode::<R>(&reply).map_err(|e| match protocol::decode::<ErrorReply>(&reply) {
             Ok(ErrorReply { error }) => ClientError::Refused(error),
             Err(_) => ClientError::BadReply(e),

@@ -319,6 +319,7 @@ fn start(
                             "task '{}' is not in this subworker's manifest",
                             request.name
                         ),
+                        transient: false,
                     },
                     started_at: now,
                     finished_at: now,

@@ -135,6 +135,20 @@ fn quiet_on_broken_pipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
+/// A size: `64MiB`, `1.5GB`, or a number of bytes; above 0.
+pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
+    let bytes = text
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("{e} (write e.g. 64MiB, or a number of bytes)"))?
+        .as_u64();
+    match usize::try_from(bytes) {
+        Ok(0) => Err("a size must be above 0".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{bytes} bytes is too large")),
+    }
+}
+
 /// A duration as the manifest takes it: humantime (`30s`) or seconds (`30`, `0.5`).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<f64>() {

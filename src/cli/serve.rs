@@ -9,7 +9,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::{EXIT_UNUSABLE, report_manifest_error};
-use super::parse_duration;
+use super::{parse_bytes, parse_duration};
 use crate::control_plane::{self, Config};
 
 #[derive(Debug, Args)]
@@ -37,6 +37,10 @@ pub struct ControlPlaneArgs {
     /// Finished results kept (least recently used dropped first)
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_SIZE", default_value_t = NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN))]
     pub result_cache_size: NonZeroUsize,
+    /// The memory finished results may take (as encoded JSON), besides their
+    /// count; the least recently used go first
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_BYTES", default_value = "256MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub result_cache_bytes: usize,
     /// How long finished results are kept, in seconds
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_TTL", default_value_t = 3600)]
     pub result_cache_ttl: u64,
@@ -68,6 +72,82 @@ pub struct ControlPlaneArgs {
     /// Run no tasks here: only hand them to subworkers (a pure coordinator)
     #[arg(long, env = "FASTWORKER_NO_LOCAL_TASKS")]
     pub no_local_tasks: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What the control plane's sockets allow their peers (docs/operations.md,
+/// "Limits").
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// The largest message read: NNG closes a connection that announces a
+    /// larger one before reading it
+    #[arg(long, env = "FASTWORKER_MAX_MESSAGE_SIZE", default_value = "64MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub max_message_size: usize,
+    /// Requests one socket works on at once (a blocking submit holds one
+    /// until its task ends); more are answered "busy"
+    #[arg(long, env = "FASTWORKER_MAX_PENDING", default_value_t = NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN), value_name = "N")]
+    pub max_pending: NonZeroUsize,
+    /// Connections open at once, over all sockets (lowered to fit the
+    /// open-file limit, keeping descriptors for tasks)
+    #[arg(long, env = "FASTWORKER_MAX_CONNECTIONS", default_value_t = NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN), value_name = "N")]
+    pub max_connections: NonZeroUsize,
+    /// Connections open at once from one IP address
+    #[arg(long, env = "FASTWORKER_MAX_CONNECTIONS_PER_PEER", default_value_t = NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN), value_name = "N")]
+    pub max_connections_per_peer: NonZeroUsize,
+    /// Close a connection that has sent no request for this long (NNG
+    /// clients connect again by themselves)
+    #[arg(long, env = "FASTWORKER_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+    /// Bytes of large messages (over 64 KiB) read at once; more are
+    /// answered "busy"
+    #[arg(long, env = "FASTWORKER_MAX_INFLIGHT_BYTES", default_value = "256MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub max_inflight_bytes: usize,
+}
+
+impl LimitArgs {
+    /// The limits, with the connection cap fitted under the process's
+    /// open-file limit (raised to its hard limit first): each connection
+    /// is a descriptor, and running tasks need theirs.
+    fn limits(&self, concurrency: usize) -> crate::transport::Limits {
+        let mut max_connections = self.max_connections.get();
+        if let Some(files) = raise_open_file_limit() {
+            // Pipes for each running task and warm process, the journal,
+            // sockets' own descriptors, and some room.
+            let reserve = 256 + 16 * concurrency as u64;
+            let fits = usize::try_from(files.saturating_sub(reserve))
+                .unwrap_or(usize::MAX)
+                .max(16);
+            if fits < max_connections {
+                tracing::warn!(
+                    max_connections = fits,
+                    asked = max_connections,
+                    open_files = files,
+                    "--max-connections lowered to fit the open-file limit (ulimit -n), keeping {reserve} descriptors for tasks"
+                );
+                max_connections = fits;
+            }
+        }
+        crate::transport::Limits {
+            max_message: self.max_message_size,
+            max_pending: self.max_pending.get(),
+            max_connections,
+            max_per_peer: self.max_connections_per_peer.get(),
+            idle_timeout: self.idle_timeout,
+            inflight_bytes: self.max_inflight_bytes,
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the
+/// limit now in force.
+fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +265,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
     config.worker_id = args.worker_id;
     config.subworker_port = args.subworker_port;
     config.result_cache_size = args.result_cache_size;
+    config.result_cache_bytes = args.result_cache_bytes;
     config.result_cache_ttl = Duration::from_secs(args.result_cache_ttl);
     if let Some(n) = args.concurrency {
         config.concurrency = n.get();
@@ -193,6 +274,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
     config.shutdown_grace = args.shutdown_grace;
     config.data_dir = (!args.no_journal).then(|| args.data_dir.clone());
     config.local_tasks = !args.no_local_tasks;
+    config.limits = args.limits.limits(config.concurrency);
     if !args.no_gui {
         tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
     }
@@ -217,7 +299,11 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
             "journal in {}, {} undecodable record{} quarantined in {} (see the log above)",
             dir.join(crate::journal::FILE).display(),
             running.quarantined.len(),
-            if running.quarantined.len() == 1 { "" } else { "s" },
+            if running.quarantined.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
             dir.join(crate::journal::recover::QUARANTINE_DIR).display(),
         ),
         Some(dir) => format!("journal in {}", dir.join(crate::journal::FILE).display()),

@@ -37,6 +37,11 @@ const LOST: &str = "lost";
 /// does not count against `retries` either.
 const HANDED_BACK: &str = "handed_back";
 
+/// The first wait before a task that could not start for a shortage of the
+/// host runs again; it doubles with each such attempt, up to the max.
+const SHORTAGE_BACKOFF: Duration = Duration::from_millis(200);
+const SHORTAGE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// How often held polls and the workers' heartbeats are checked.
 const WORKER_TICK: Duration = Duration::from_millis(100);
 
@@ -133,8 +138,11 @@ enum Journaled {
         result: Result<(), String>,
         respond: Option<oneshot::Sender<Result<Vec<Status>, String>>>,
     },
-    /// A task's final record is on disk: it is published.
-    Finished(Box<TaskRecord>),
+    /// A task's final record (of `bytes` encoded) is on disk: it is published.
+    Finished {
+        record: Box<TaskRecord>,
+        bytes: usize,
+    },
     /// A task's callback was delivered (or given up on).
     CallbackSent { task_id: String, delivered: bool },
 }
@@ -146,6 +154,10 @@ pub struct Stats {
     pub waiting_on_timer: usize,
     pub running: usize,
     pub cached_results: usize,
+    /// The bytes the cached results take, as encoded.
+    pub cached_bytes: usize,
+    /// Results pushed out of the cache by its bounds since the start.
+    pub cache_evictions: u64,
 }
 
 /// The core's settings.
@@ -235,9 +247,20 @@ impl Active {
             .record
             .attempts
             .iter()
-            .filter(|a| a["status"] != LOST && a["status"] != HANDED_BACK)
+            .filter(|a| a["status"] != LOST && a["status"] != HANDED_BACK && a["transient"] != true)
             .count();
         u32::try_from(counted).unwrap_or(u32::MAX)
+    }
+
+    /// Attempts that could not start for a shortage of the host.
+    fn transient_attempts(&self) -> u32 {
+        let n = self
+            .record
+            .attempts
+            .iter()
+            .filter(|a| a["transient"] == true)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
 
@@ -295,7 +318,7 @@ impl Core {
         let mut pending_callbacks = Vec::new();
         let now = Utc::now();
         // Oldest submit first: waiting tasks keep their old order.
-        for mut record in replay.records() {
+        for (mut record, bytes) in replay.records() {
             if record.status.is_final() {
                 let finished_at = record.finished_at.unwrap_or(record.submitted_at);
                 let age = (now - finished_at).to_std().unwrap_or_default();
@@ -305,7 +328,9 @@ impl Core {
                         if record.callback.is_some() && record.callback_sent.is_none() {
                             pending_callbacks.push(record.clone());
                         }
-                        let evicted = self.results.insert_until(record, Instant::now() + left);
+                        let evicted =
+                            self.results
+                                .insert_until(record, bytes, Instant::now() + left);
                         forgotten.extend(evicted);
                         finished += 1;
                     }
@@ -522,6 +547,8 @@ impl Core {
                     waiting_on_timer: self.timers.len(),
                     running: self.running,
                     cached_results: self.results.len(),
+                    cached_bytes: self.results.bytes(),
+                    cache_evictions: self.results.evictions(),
                 });
             }
             Command::Finished { task_id, execution } => {
@@ -601,7 +628,7 @@ impl Core {
                     let _ = respond.send(Err(format!("the task could not be journaled: {e}")));
                 }
             }
-            Journaled::Finished(record) => self.publish(*record),
+            Journaled::Finished { record, bytes } => self.publish(*record, bytes),
         }
     }
 
@@ -946,6 +973,8 @@ impl Core {
             && execution.outcome.is_retryable()
             && retry::retryable(policy.retries, counted);
         let backoff = policy.retry_backoff;
+        let shortage = !draining && !cancel_requested && execution.outcome.is_transient();
+        let shortages = active.transient_attempts();
         match execution.outcome {
             Outcome::Success { result } => self.finish(task_id, Status::Success, result, None),
             Outcome::Cancelled => {
@@ -955,6 +984,20 @@ impl Core {
                     Value::Null,
                     Some("cancelled".to_owned()),
                 );
+            }
+            // The host or this process ran short (open files, processes,
+            // memory): not the task's fault, so it waits and runs again,
+            // not counting against its retries.
+            outcome if shortage => {
+                let wait = retry::delay(SHORTAGE_BACKOFF, shortages).min(SHORTAGE_BACKOFF_MAX);
+                tracing::warn!(%task_id, error = %outcome, "the task could not be started for a shortage of this host; it runs again in {} (this does not count against its retries)", humantime::format_duration(wait));
+                let timer = self.add_timer(Instant::now() + wait, task_id);
+                if let Some(active) = self.active.get_mut(task_id) {
+                    active.record.status = Status::Retrying;
+                    active.record.error = Some(outcome.to_string());
+                    active.timer = Some(timer);
+                    persist(self.journal.as_ref(), &active.record);
+                }
             }
             outcome if retry => {
                 let wait = retry::delay(backoff, counted);
@@ -1017,6 +1060,7 @@ impl Core {
             Some(journal) => {
                 let tx = self.journaled_tx.clone();
                 let put = Change::put(&record);
+                let bytes = put.size();
                 // Those waiting now are answered from the writer thread, with
                 // no detour through the core; later ones when it publishes.
                 let waiters = std::mem::take(&mut active.waiters);
@@ -1027,16 +1071,25 @@ impl Core {
                     for waiter in waiters {
                         let _ = waiter.send(record.clone());
                     }
-                    let _ = tx.send(Journaled::Finished(Box::new(record)));
+                    let _ = tx.send(Journaled::Finished {
+                        record: Box::new(record),
+                        bytes,
+                    });
                 });
                 journal.write(vec![put], when, Some(done));
             }
-            None => self.on_disk(Journaled::Finished(Box::new(record))),
+            None => {
+                let bytes = super::results::encoded_size(&record);
+                self.on_disk(Journaled::Finished {
+                    record: Box::new(record),
+                    bytes,
+                });
+            }
         }
     }
 
     /// Makes a final record visible: to the cache, every waiter and the callback.
-    fn publish(&mut self, record: TaskRecord) {
+    fn publish(&mut self, record: TaskRecord, bytes: usize) {
         if let Some(active) = self.active.remove(&record.task_id) {
             for waiter in active.waiters {
                 let _ = waiter.send(record.clone());
@@ -1046,8 +1099,8 @@ impl Core {
             }
         }
         self.send_callback(&record);
-        let evicted = self.results.insert(record);
-        self.forget(evicted.into_iter().collect());
+        let evicted = self.results.insert(record, bytes);
+        self.forget(evicted);
     }
 
     /// Sends a finished task's callback, if it has one; how it went comes

@@ -6,12 +6,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Command, NewTask};
 use crate::manifest::Manifest;
-use crate::transport::Request;
 use crate::protocol::{
     self, Ack, Applied, BatchReply, CancelReply, ErrorReply, Manage, Query, Registered, ReplyMode,
     ResultReply, Status, StatusReply, Submit, TaskInfo, TaskList, TaskResult, WireTask, WorkerInfo,
     WorkerList,
 };
+use crate::transport::Request;
 
 const SHUT_DOWN: &str = "the control plane is shutting down";
 

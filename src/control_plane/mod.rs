@@ -42,6 +42,8 @@ pub struct Config {
     pub discovery_address: String,
     pub subworker_port: Option<u16>,
     pub result_cache_size: NonZeroUsize,
+    /// The bytes finished results may take (as encoded), besides their count.
+    pub result_cache_bytes: usize,
     pub result_cache_ttl: Duration,
     /// Tasks run at once by the control plane itself.
     pub concurrency: usize,
@@ -69,12 +71,16 @@ impl Config {
             discovery_address: discovery_address.to_owned(),
             subworker_port: None,
             result_cache_size: NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN),
+            result_cache_bytes: 256 << 20,
             result_cache_ttl: Duration::from_secs(3600),
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
             local_tasks: true,
             max_queue: 100_000,
             shutdown_grace: Duration::from_secs(30),
-            limits: transport::Limits::default(),
+            limits: transport::Limits {
+                max_message: crate::protocol::MAX_MESSAGE,
+                ..transport::Limits::default()
+            },
             data_dir: None,
         }
     }
@@ -98,6 +104,8 @@ pub struct ControlPlane {
     /// Journal records that could not be decoded at start, set aside (see
     /// [`crate::journal::recover`]).
     pub quarantined: Vec<std::path::PathBuf>,
+    /// The limits on its sockets' peers, and what they turned away.
+    pub guard: Arc<transport::Guard>,
     tasks: JoinSet<()>,
 }
 
@@ -178,7 +186,11 @@ pub async fn start(
             max_queue: config.max_queue,
             shutdown_grace: config.shutdown_grace,
         },
-        ResultCache::new(config.result_cache_size, config.result_cache_ttl),
+        ResultCache::new(
+            config.result_cache_size,
+            config.result_cache_bytes,
+            config.result_cache_ttl,
+        ),
         tx.clone(),
         journal,
     );
@@ -220,7 +232,11 @@ pub async fn start(
         tasks.spawn(async move {
             let (core, about) = (&core, &about);
             query_server
-                .serve(move |request| handlers::query(core, about, request), busy, stop)
+                .serve(
+                    move |request| handlers::query(core, about, request),
+                    busy,
+                    stop,
+                )
                 .await;
         });
     }
@@ -247,6 +263,7 @@ pub async fn start(
         endpoints,
         core: handle,
         quarantined,
+        guard,
         tasks,
     })
 }

@@ -139,8 +139,16 @@ pub enum Outcome {
     OutputTooLarge { limit: u64 },
     /// The output was not one JSON value (one-shot) or a valid reply line (pool).
     InvalidOutput { message: String, head: String },
-    /// The process could not be started.
-    SpawnFailed { program: PathBuf, message: String },
+    /// The process could not be started. `transient` when the cause is a
+    /// limit of this host or process (open files, processes, memory): the
+    /// control plane tries again later, without counting it against
+    /// `retries`, rather than fail the task for its own shortage.
+    SpawnFailed {
+        program: PathBuf,
+        message: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        transient: bool,
+    },
     /// The run was cancelled and its process group stopped.
     Cancelled,
 }
@@ -148,6 +156,18 @@ pub enum Outcome {
 impl Outcome {
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Success { .. })
+    }
+
+    /// Whether the run failed for a shortage of the host or process
+    /// running it, not because of the task (see [`Outcome::SpawnFailed`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Outcome::SpawnFailed {
+                transient: true,
+                ..
+            }
+        )
     }
 
     /// Whether this outcome may be retried by the task's retry policy: task
@@ -206,7 +226,9 @@ impl fmt::Display for Outcome {
             Outcome::InvalidOutput { message, head } => {
                 write!(f, "invalid output: {message}; output began with {head:?}")
             }
-            Outcome::SpawnFailed { program, message } => {
+            Outcome::SpawnFailed {
+                program, message, ..
+            } => {
                 write!(f, "cannot start {}: {message}", program.display())
             }
             Outcome::Cancelled => f.write_str("cancelled"),

@@ -85,6 +85,7 @@ pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess,
         .map_err(|reason| Outcome::SpawnFailed {
             program: launch.requested.clone().into(),
             message: reason.clone(),
+            transient: false,
         })?;
     let mut cmd = Command::new(program);
     cmd.args(&launch.args)
@@ -111,6 +112,7 @@ pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess,
     let mut child = cmd.spawn().map_err(|e| Outcome::SpawnFailed {
         program: program.clone(),
         message: spawn_error_message(&e),
+        transient: is_shortage(&e),
     })?;
     let pid = child.id().unwrap_or_default();
     let (Some(stdin), Some(stdout), Some(stderr)) =
@@ -126,6 +128,15 @@ pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess,
         stdout,
         stderr,
     })
+}
+
+/// Whether a spawn failed for a shortage of this host or process (it may
+/// work later) rather than something about the task.
+fn is_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE | Errno::EAGAIN | Errno::ENOMEM)
+    )
 }
 
 fn spawn_error_message(e: &io::Error) -> String {

@@ -55,14 +55,15 @@ impl Replay {
         self.order.is_empty()
     }
 
-    /// The records, oldest submit first, each decoded when it is reached
-    /// (so only one is in memory here at a time).
-    pub fn records(self) -> impl Iterator<Item = TaskRecord> {
+    /// The records, oldest submit first, each with the bytes its JSON
+    /// takes and decoded when it is reached (so only one is in memory here
+    /// at a time).
+    pub fn records(self) -> impl Iterator<Item = (TaskRecord, usize)> {
         let file = self.file;
         self.order.into_iter().filter_map(move |span| {
             let file = file.as_ref()?;
             match read_record(file, span) {
-                Ok(record) => Some(record),
+                Ok(record) => Some((record, payload_len(span))),
                 // Decoded once already when the journal was opened.
                 Err(e) => {
                     tracing::error!(
@@ -76,6 +77,10 @@ impl Replay {
     }
 }
 
+fn payload_len(span: Span) -> usize {
+    usize::try_from(span.len.saturating_sub(format::HEADER as u64 + 1)).unwrap_or(0)
+}
+
 fn read_record(file: &File, span: Span) -> Result<TaskRecord, String> {
     let payload = read_payload(file, span).map_err(|e| e.to_string())?;
     format::decode_record(&payload)
@@ -83,9 +88,8 @@ fn read_record(file: &File, span: Span) -> Result<TaskRecord, String> {
 
 /// The payload (without header and kind) of the entry at `span`.
 fn read_payload(file: &File, span: Span) -> std::io::Result<Vec<u8>> {
-    let skip = format::HEADER as u64 + 1;
-    let mut payload = vec![0; usize::try_from(span.len.saturating_sub(skip)).unwrap_or(0)];
-    file.read_exact_at(&mut payload, span.offset + skip)?;
+    let mut payload = vec![0; payload_len(span)];
+    file.read_exact_at(&mut payload, span.offset + format::HEADER as u64 + 1)?;
     Ok(payload)
 }
 

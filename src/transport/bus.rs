@@ -39,7 +39,9 @@ pub async fn announce(
         source: std::io::Error::other(nng::error_text(rv)),
     };
     let socket = Socket::open(Protocol::Bus).map_err(listen_error)?;
-    socket.set_recv_max(MAX_ANNOUNCEMENT).map_err(listen_error)?;
+    socket
+        .set_recv_max(MAX_ANNOUNCEMENT)
+        .map_err(listen_error)?;
     socket.listen(&c_url(url)?).map_err(listen_error)?;
     let url = url.to_owned();
     Ok(async move {

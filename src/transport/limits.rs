@@ -224,7 +224,8 @@ impl Guard {
 
     /// Runs [`Guard::close_idle`] until `stop`.
     pub async fn sweep(self: Arc<Guard>, stop: tokio_util::sync::CancellationToken) {
-        let every = (self.limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+        let every = (self.limits.idle_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(10));
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -316,7 +317,11 @@ fn peer_name(peer: Peer) -> String {
 }
 
 /// NNG's connection events, on an NNG thread.
-unsafe extern "C" fn on_pipe(pipe: nng_sys::nng_pipe, event: nng_sys::nng_pipe_ev, arg: *mut c_void) {
+unsafe extern "C" fn on_pipe(
+    pipe: nng_sys::nng_pipe,
+    event: nng_sys::nng_pipe_ev,
+    arg: *mut c_void,
+) {
     // SAFETY: `arg` is the Guard `watch` leaked for this socket, alive for
     // the rest of the process.
     let guard = unsafe { &*arg.cast::<Guard>().cast_const() };
@@ -327,7 +332,10 @@ unsafe extern "C" fn on_pipe(pipe: nng_sys::nng_pipe, event: nng_sys::nng_pipe_e
             let peer = nng::peer_ip(pipe).map_or(Peer::Local, Peer::Ip);
             if let Err(why) = guard.admit(id, pipe, peer) {
                 guard.refused.fetch_add(1, Ordering::Relaxed);
-                guard.warn(&format!("a connection from {} refused: {why}", peer_name(peer)));
+                guard.warn(&format!(
+                    "a connection from {} refused: {why}",
+                    peer_name(peer)
+                ));
                 // SAFETY: closing a pipe from its ADD_PRE callback is how NNG
                 // lets an application refuse it.
                 unsafe { nng_sys::nng_pipe_close(pipe) };

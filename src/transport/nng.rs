@@ -143,7 +143,9 @@ impl Msg {
         // SAFETY: nng_msg_alloc succeeded, so `msg` is valid and ours.
         let msg = unsafe { Msg::from_raw(msg) };
         // SAFETY: the message is valid; the pointer and length describe `body`.
-        check(unsafe { nng_sys::nng_msg_append(msg.0.as_ptr(), body.as_ptr().cast(), body.len()) })?;
+        check(unsafe {
+            nng_sys::nng_msg_append(msg.0.as_ptr(), body.as_ptr().cast(), body.len())
+        })?;
         Ok(msg)
     }
 

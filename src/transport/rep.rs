@@ -14,8 +14,8 @@
 use std::ffi::c_void;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -79,6 +79,11 @@ impl Slot {
         self.ctx.receive(self.aio());
     }
 }
+
+/// The server's slots. Each is boxed on purpose: its aio's callback holds
+/// its address, which must not move when the vector grows.
+#[allow(clippy::vec_box)]
+type Slots = Vec<Box<Slot>>;
 
 /// The aio callback of a slot, on an NNG thread. It does not touch the
 /// slot after handing a request over or starting the next receive: by then
@@ -173,7 +178,7 @@ impl ReplyServer {
         let limits: Limits = self.guard.limits.clone();
         let (events, mut received) = mpsc::unbounded_channel();
         let stopping = Arc::new(AtomicBool::new(false));
-        let mut slots: Vec<Box<Slot>> = Vec::new();
+        let mut slots: Slots = Vec::new();
         let mut handling = 0usize;
         let handler = &handler;
         let mut running = FuturesUnordered::new();
@@ -253,7 +258,7 @@ impl ReplyServer {
     /// Opens one more context and starts it receiving; false if NNG says no.
     fn add_slot(
         &self,
-        slots: &mut Vec<Box<Slot>>,
+        slots: &mut Slots,
         events: &mpsc::UnboundedSender<(usize, Msg)>,
         stopping: &Arc<AtomicBool>,
     ) -> bool {
@@ -272,7 +277,9 @@ impl ReplyServer {
             aio: std::sync::OnceLock::new(),
             events: events.clone(),
         });
-        let arg = std::ptr::from_ref::<Slot>(&slot).cast_mut().cast::<c_void>();
+        let arg = std::ptr::from_ref::<Slot>(&slot)
+            .cast_mut()
+            .cast::<c_void>();
         // SAFETY: the box stays alive (in `slots`) until after the aio has
         // stopped, in `serve`.
         match unsafe { Aio::new(on_slot, arg) } {

@@ -101,12 +101,15 @@ impl Requester {
     }
 }
 
+/// How a request ended: its reply, or the step that failed and NNG's error.
+type Outcome = Result<Msg, (&'static str, i32)>;
+
 /// One request in flight.
 struct Op {
     state: AtomicU8,
     ctx: Ctx,
     aio: std::sync::OnceLock<Aio>,
-    done: Mutex<Option<oneshot::Sender<Result<Msg, (&'static str, i32)>>>>,
+    done: Mutex<Option<oneshot::Sender<Outcome>>>,
 }
 
 impl Op {
@@ -117,7 +120,7 @@ impl Op {
         }
     }
 
-    fn finish(&self, outcome: Result<Msg, (&'static str, i32)>) {
+    fn finish(&self, outcome: Outcome) {
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(done) = done {
             let _ = done.send(outcome);

@@ -161,6 +161,7 @@ pub struct TestControlPlane {
     pub base: String,
     pub discovery: String,
     pub core: fastworker::control_plane::CoreHandle,
+    pub guard: Arc<fastworker::transport::Guard>,
     shutdown: CancellationToken,
     running: Option<fastworker::control_plane::ControlPlane>,
 }
@@ -191,6 +192,7 @@ impl TestControlPlane {
                         base,
                         discovery,
                         core: running.core.clone(),
+                        guard: Arc::clone(&running.guard),
                         shutdown,
                         running: Some(running),
                     };

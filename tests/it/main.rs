@@ -7,6 +7,7 @@ mod control_plane;
 mod durability;
 mod helpers;
 mod journal;
+mod limits;
 mod manifest;
 mod netns;
 mod oneshot;

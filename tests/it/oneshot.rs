@@ -115,14 +115,20 @@ async fn spawn_failures_name_the_program_and_the_reason() {
     .expect("chmod");
 
     let e = run_once(&fx.spec("missing"), vec![]).await;
-    let Outcome::SpawnFailed { program, message } = &e.outcome else {
+    let Outcome::SpawnFailed {
+        program, message, ..
+    } = &e.outcome
+    else {
         panic!("{:?}", e.outcome)
     };
     assert_eq!(program.to_str(), Some("no-such-program-fastworker"));
     assert_contains(message, "not found on PATH");
 
     let e = run_once(&fx.spec("not_exec"), vec![]).await;
-    let Outcome::SpawnFailed { program, message } = &e.outcome else {
+    let Outcome::SpawnFailed {
+        program, message, ..
+    } = &e.outcome
+    else {
         panic!("{:?}", e.outcome)
     };
     assert!(program.ends_with("print_env.py"));
