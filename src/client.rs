@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::auth::Token;
 use crate::manifest::Priority;
 use crate::protocol::{
     self, Ack, BatchReply, CancelReply, Endpoints, ErrorReply, Info, Query, ReplyMode, StatusReply,
@@ -35,6 +36,8 @@ pub struct Client {
     endpoints: Endpoints,
     /// How long a query may take (connecting included).
     pub timeout: Duration,
+    /// Sent with every request, when set (see [`crate::auth`]).
+    auth: Option<Token>,
     sockets: Arc<Mutex<HashMap<String, Arc<Requester>>>>,
 }
 
@@ -45,8 +48,16 @@ impl Client {
         Ok(Client {
             endpoints,
             timeout,
+            auth: None,
             sockets: Arc::default(),
         })
+    }
+
+    /// This client, sending `token` with every request (clones share sockets).
+    #[must_use]
+    pub fn with_auth(mut self, token: Option<Token>) -> Client {
+        self.auth = token;
+        self
     }
 
     /// Finds a control plane through its announcements on `discovery`.
@@ -168,7 +179,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<R, ClientError> {
         let requester = self.requester(url).await?;
-        let body = protocol::encode(message);
+        let body = protocol::encode_authed(message, self.auth.as_ref().map(Token::reveal));
         let reply = requester.request(&body, timeout).await.map_err(|e| {
             if body.len() > protocol::MAX_MESSAGE {
                 // NNG drops the connection of a message over the limit

@@ -25,6 +25,7 @@
 //! `control_plane` → `executor` → child processes; `protocol` types travel
 //! between them; `cli run` goes straight to `executor`.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod control_plane;
@@ -34,4 +35,5 @@ pub mod manifest;
 pub mod protocol;
 pub mod runners;
 pub mod subworker;
+pub mod throttle;
 pub mod transport;

@@ -37,6 +37,48 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("not a valid message: {e}"))
 }
 
+/// fastworker extension: a request with the token it carried, an `auth`
+/// field at the top level of any request (see [`crate::auth`]).
+/// FastWorker's Python client sends none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authed<T> {
+    pub message: T,
+    pub auth: Option<String>,
+}
+
+/// Encodes a request with `auth` as its `auth` field (none when `None`).
+/// Every request is a JSON object, so the field goes beside its own.
+pub fn encode_authed<T: Serialize>(message: &T, auth: Option<&str>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct With<'a, T> {
+        #[serde(flatten)]
+        message: &'a T,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        auth: Option<&'a str>,
+    }
+    match auth {
+        None => encode(message),
+        Some(_) => encode(&With { message, auth }),
+    }
+}
+
+impl Manage {
+    pub fn decode(bytes: &[u8]) -> Result<Authed<Manage>, String> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            #[serde(default)]
+            auth: Option<String>,
+            #[serde(flatten)]
+            message: Manage,
+        }
+        let envelope: Envelope = decode(bytes)?;
+        Ok(Authed {
+            message: envelope.message,
+            auth: envelope.auth,
+        })
+    }
+}
+
 /// The sockets of a control plane, worked out from its base address the way
 /// FastWorker does: base+0..+3 take submits by priority (critical first),
 /// base+4 answers queries and cancels, base+5 (or `--subworker-port`)
@@ -133,17 +175,22 @@ pub const MAX_TASK_ID: usize = 128;
 /// `nightly-2026-11-29`), so that ids can be printed, logged and used in
 /// file names and URLs as they are.
 pub fn check_task_id(id: &str) -> Result<(), String> {
+    check_id("task id", id)
+}
+
+/// Checks an id (`what` names it in errors) by the rule of [`check_task_id`].
+pub fn check_id(what: &str, id: &str) -> Result<(), String> {
     let shown = || {
         let cut: String = id.chars().take(40).collect();
         let more = if id.chars().count() > 40 { "…" } else { "" };
         format!("{cut:?}{more}")
     };
     if id.is_empty() {
-        return Err("a task id cannot be empty".to_owned());
+        return Err(format!("a {what} cannot be empty"));
     }
     if id.len() > MAX_TASK_ID {
         return Err(format!(
-            "task id {} is {} bytes long; the limit is {MAX_TASK_ID}",
+            "{what} {} is {} bytes long; the limit is {MAX_TASK_ID}",
             shown(),
             id.len()
         ));
@@ -153,7 +200,7 @@ pub fn check_task_id(id: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || "-_.:@+=/#~".contains(*c)))
     {
         return Err(format!(
-            "task id {} contains {bad:?}; use ASCII letters, digits and -_.:@+=/#~",
+            "{what} {} contains {bad:?}; use ASCII letters, digits and -_.:@+=/#~",
             shown()
         ));
     }
@@ -200,8 +247,16 @@ pub enum Submit {
 }
 
 impl Submit {
-    pub fn decode(bytes: &[u8]) -> Result<Submit, String> {
-        let value: Value = decode(bytes)?;
+    pub fn decode(bytes: &[u8]) -> Result<Authed<Submit>, String> {
+        let mut value: Value = decode(bytes)?;
+        let auth = match value.as_object_mut().and_then(|o| o.remove("auth")) {
+            Some(Value::String(auth)) => Some(auth),
+            _ => None,
+        };
+        Submit::from_value(value).map(|message| Authed { message, auth })
+    }
+
+    fn from_value(value: Value) -> Result<Submit, String> {
         match value.get("action").and_then(Value::as_str) {
             None => serde_json::from_value(value)
                 .map(|task| Submit::Task(Box::new(task)))
@@ -238,19 +293,25 @@ pub enum Query {
 }
 
 impl Query {
-    pub fn decode(bytes: &[u8]) -> Result<Query, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Authed<Query>, String> {
         #[derive(Deserialize)]
         struct Raw {
             action: Option<String>,
             task_id: Option<String>,
+            auth: Option<String>,
         }
         let raw: Raw = decode(bytes)?;
+        let auth = raw.auth.clone();
+        Query::from_raw(raw.action, raw.task_id).map(|message| Authed { message, auth })
+    }
+
+    fn from_raw(action: Option<String>, task_id: Option<String>) -> Result<Query, String> {
         let task_id = || {
-            raw.task_id
+            task_id
                 .clone()
                 .ok_or_else(|| "`task_id` is missing".to_owned())
         };
-        match raw.action.as_deref() {
+        match action.as_deref() {
             None => Ok(Query::Result {
                 task_id: task_id()?,
             }),
@@ -732,7 +793,7 @@ mod tests {
             "retry_count": 0, "max_retries": 0, "retry_delay": 60.0, "retry_backoff": 2.0,
             "retry_backoff_max": 3600.0, "timeout": null, "eta": null, "assigned_worker": null
         });
-        let Ok(Submit::Task(task)) = Submit::decode(&encode(&dump)) else {
+        let Ok(Submit::Task(task)) = Submit::decode(&encode(&dump)).map(|a| a.message) else {
             panic!("should decode")
         };
         assert_eq!((task.id.as_str(), task.name.as_str()), ("5b1c", "add"));
@@ -744,7 +805,7 @@ mod tests {
 
     #[test]
     fn queries_decode() {
-        let q = |v: Value| Query::decode(&encode(&v));
+        let q = |v: Value| Query::decode(&encode(&v)).map(|a| a.message);
         assert_eq!(
             q(json!({"task_id": "a"})),
             Ok(Query::Result {
@@ -760,6 +821,33 @@ mod tests {
         assert_eq!(q(json!({"action": "list_tasks"})), Ok(Query::ListTasks));
         assert!(q(json!({"action": "explode"})).is_err());
         assert!(q(json!({})).is_err());
+    }
+
+    #[test]
+    fn the_token_rides_beside_any_request() {
+        let task = WireTask {
+            id: "t1".into(),
+            name: "add".into(),
+            args: vec![json!(1)],
+            kwargs: Map::new(),
+            priority: None,
+            eta: None,
+            callback: None,
+            reply: ReplyMode::Ack,
+        };
+        let sent = Submit::decode(&encode_authed(&task, Some("secret"))).expect("submit");
+        assert_eq!(sent.auth.as_deref(), Some("secret"));
+        assert_eq!(sent.message, Submit::Task(Box::new(task.clone())));
+        let query = json!({"action": "status", "task_id": "t1"});
+        let sent = Query::decode(&encode_authed(&query, Some("secret"))).expect("query");
+        assert_eq!(sent.auth.as_deref(), Some("secret"));
+        let bye = Manage::Deregister(Hello {
+            worker_id: "w".into(),
+            session: "s".into(),
+        });
+        let sent = Manage::decode(&encode_authed(&bye, Some("secret"))).expect("manage");
+        assert_eq!((sent.message, sent.auth.as_deref()), (bye, Some("secret")));
+        assert_eq!(Query::decode(&encode(&query)).expect("query").auth, None);
     }
 
     #[test]

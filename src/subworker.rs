@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Token;
 use crate::client::{Client, ClientError};
 use crate::executor::{Execution, Executor, Outcome};
 use crate::manifest::Manifest;
@@ -57,6 +58,10 @@ pub struct Config {
     /// After a shutdown signal, how long running tasks may take before they
     /// are handed back.
     pub shutdown_grace: Duration,
+    /// Sent with its queries (`--auth-token`).
+    pub auth: Option<Token>,
+    /// Sent with its management messages (`--worker-token`; else `auth`).
+    pub worker_token: Option<Token>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,8 @@ pub enum SubworkerError {
     Address(String),
     #[error("stopped before a control plane was found")]
     Stopped,
+    #[error("the control plane refused this subworker: {0}")]
+    Unauthorized(String),
 }
 
 /// How a subworker's run ended.
@@ -102,7 +109,7 @@ pub async fn run(
     // Its task processes carry this marker: a restart of this subworker
     // (same id, same control plane) kills what a killed one left running.
     let owner = format!("subworker:{}@{}", config.worker_id, client.endpoints().base);
-    let killed = crate::executor::kill_strays(&owner);
+    let killed = crate::executor::kill_strays(&owner).groups;
     if killed > 0 {
         tracing::warn!(
             killed,
@@ -129,7 +136,7 @@ pub async fn run(
         })
         .collect();
     let link = Link {
-        client,
+        client: client.with_auth(config.worker_token.clone().or(config.auth.clone())),
         manage,
         hello,
     };
@@ -166,6 +173,11 @@ pub async fn run(
                         "the control plane refused the registration: {}",
                         reply.error.as_deref().unwrap_or("no reason given")
                     );
+                }
+                // A token the control plane does not take will not start
+                // working by itself: stop, and say so.
+                Err(ClientError::Refused(e)) if e.starts_with("unauthorized") => {
+                    return Err(SubworkerError::Unauthorized(e));
                 }
                 Err(e) => tracing::warn!("cannot register: {e}"),
             }
@@ -387,10 +399,16 @@ async fn connect(
         let result = match found {
             Ok(base) => {
                 let client = Client::new(&base, REPORT_TIMEOUT)
-                    .map_err(|e| SubworkerError::Address(e.to_string()))?;
+                    .map_err(|e| SubworkerError::Address(e.to_string()))?
+                    .with_auth(config.auth.clone());
                 match client.info().await {
                     Ok(info) => {
                         return Ok((client, management_address(&base, &info.subworker_address)));
+                    }
+                    // A token it does not take will not start working by
+                    // itself: stop, and say so.
+                    Err(ClientError::Refused(e)) if e.starts_with("unauthorized") => {
+                        return Err(SubworkerError::Unauthorized(e));
                     }
                     Err(e) => format!("{base}: {e}"),
                 }

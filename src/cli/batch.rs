@@ -135,6 +135,9 @@ fn read(file: &Path, priority: Option<Priority>) -> Result<Vec<WireTask>, String
             (None, Some(eta)) => Some(protocol::parse_time(&eta).map_err(at)?.to_rfc3339()),
             (None, None) => None,
         };
+        if let Some(id) = &spec.id {
+            protocol::check_task_id(id).map_err(at)?;
+        }
         tasks.push(WireTask {
             id: spec.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             name: spec.task_name,

@@ -147,7 +147,8 @@ fn record_json(attempts: &[Execution]) -> Value {
 }
 
 fn print_failure(e: &Execution) {
-    eprintln!("error: task '{}' {}", e.name, e.outcome);
+    use super::shown;
+    eprintln!("error: task '{}' {}", e.name, shown(&e.outcome.to_string()));
     let traceback = match &e.outcome {
         Outcome::Failed {
             error: Some(error), ..
@@ -155,15 +156,15 @@ fn print_failure(e: &Execution) {
         _ => None,
     };
     if let Some(traceback) = traceback {
-        eprint!("{}", traceback.trim_end());
+        eprint!("{}", shown(traceback.trim_end()));
         eprintln!();
     } else if !e.stderr.trim().is_empty() {
         const LINES: usize = 20;
         let lines: Vec<&str> = e.stderr.trim_end().lines().collect();
-        let shown = &lines[lines.len().saturating_sub(LINES)..];
-        eprintln!("stderr (last {} lines):", shown.len());
-        for line in shown {
-            eprintln!("  {line}");
+        let last = &lines[lines.len().saturating_sub(LINES)..];
+        eprintln!("stderr (last {} lines):", last.len());
+        for line in last {
+            eprintln!("  {}", shown(line));
         }
     }
 }

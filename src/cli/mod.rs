@@ -135,6 +135,27 @@ fn quiet_on_broken_pipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
+/// Text from a task or a control plane, safe to print on a terminal:
+/// control characters other than newline and tab are shown escaped
+/// (`\u{1b}`), so that output cannot move the cursor, recolor or retitle.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A size: `64MiB`, `1.5GB`, or a number of bytes; above 0.
 pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
     let bytes = text

@@ -9,10 +9,10 @@ use serde_json::Value;
 use super::ListArgs;
 use super::args::{parse_arg, parse_kwargs};
 use super::commands::{EXIT_FAILED, EXIT_UNUSABLE, print_table};
-use super::parse_duration;
+use super::{parse_duration, shown};
 use crate::client::{Client, ClientError};
 use crate::manifest::Priority;
-use crate::protocol::{Status, WireTask};
+use crate::protocol::{Status, StatusReply, WireTask};
 
 /// Exit code when a blocking submit stops waiting before the task ends.
 const EXIT_STILL_RUNNING: u8 = 124;
@@ -32,14 +32,60 @@ pub struct ConnectArgs {
     /// How long to wait for the control plane to answer a query
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 impl ConnectArgs {
     pub(super) async fn client(&self) -> Result<Client, ClientError> {
-        match &self.discovery_address {
+        let token = self.token.token().map_err(ClientError::Address)?;
+        let client = match &self.discovery_address {
             Some(discovery) => Client::discover(discovery, self.connect_timeout).await,
             None => Client::new(&self.base_address, self.connect_timeout),
-        }
+        }?;
+        Ok(client.with_auth(token))
+    }
+}
+
+/// The token a control plane requires of every request (see
+/// docs/security.md). The value on the command line shows in `ps`: prefer
+/// the file or the environment.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The control plane's token, sent with every request
+    #[arg(
+        long,
+        env = "FASTWORKER_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub auth_token: Option<String>,
+    /// Read the token from this file (its first line)
+    #[arg(
+        long,
+        env = "FASTWORKER_AUTH_TOKEN_FILE",
+        conflicts_with = "auth_token",
+        value_name = "PATH"
+    )]
+    pub auth_token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    pub(super) fn token(&self) -> Result<Option<crate::auth::Token>, String> {
+        token_from(self.auth_token.as_deref(), self.auth_token_file.as_deref())
+            .map_err(|e| format!("--auth-token: {e}"))
+    }
+}
+
+/// A token from a flag's value or file, if either is given.
+pub(super) fn token_from(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<crate::auth::Token>, String> {
+    match (value, file) {
+        (Some(value), _) => crate::auth::Token::new(value).map(Some),
+        (None, Some(file)) => crate::auth::Token::from_file(file).map(Some),
+        (None, None) => Ok(None),
     }
 }
 
@@ -169,6 +215,12 @@ pub async fn submit(args: SubmitArgs) -> u8 {
             return EXIT_UNUSABLE;
         }
     };
+    if let Some(id) = &args.id
+        && let Err(e) = crate::protocol::check_task_id(id)
+    {
+        eprintln!("error: --id: {}", shown(&e));
+        return EXIT_UNUSABLE;
+    }
     let task = WireTask {
         id: args
             .id
@@ -201,7 +253,7 @@ pub async fn submit(args: SubmitArgs) -> u8 {
                 0
             }
             Ok(ack) => {
-                eprintln!("error: {}", ack.error.unwrap_or_default());
+                eprintln!("error: {}", shown(&ack.error.unwrap_or_default()));
                 EXIT_UNUSABLE
             }
             Err(e) => unreachable(&e, &args.connect),
@@ -212,15 +264,17 @@ pub async fn submit(args: SubmitArgs) -> u8 {
     let reply = tokio::select! {
         reply = waiting => reply,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("stopped waiting; task {task_id} goes on (fastworker status {task_id}, fastworker cancel {task_id})");
+            let fate = fate(&client, &task_id).await;
+            eprintln!("stopped waiting; {fate}");
             return super::commands::EXIT_CANCELLED;
         }
     };
     let result = match reply {
         Ok(result) => result,
         Err(ClientError::Transport(crate::transport::TransportError::Timeout { .. })) => {
+            let fate = fate(&client, &task_id).await;
             eprintln!(
-                "no result within {}; task {task_id} goes on (fastworker status {task_id})",
+                "no result within {}; {fate}",
                 humantime::format_duration(args.timeout)
             );
             return EXIT_STILL_RUNNING;
@@ -241,17 +295,36 @@ pub async fn submit(args: SubmitArgs) -> u8 {
             0
         }
         _ if result.refused => {
-            eprintln!("error: {}", result.error.unwrap_or_default());
+            eprintln!("error: {}", shown(&result.error.unwrap_or_default()));
             EXIT_UNUSABLE
         }
         status => {
             eprintln!(
                 "error: task '{name}' ({task_id}) {}: {}",
                 status.as_str(),
-                result.error.unwrap_or_default()
+                shown(&result.error.unwrap_or_default())
             );
             EXIT_FAILED
         }
+    }
+}
+
+/// What became of a task whose submit got no answer: whether the control
+/// plane has it (and it goes on), or never took it.
+async fn fate(client: &Client, task_id: &str) -> String {
+    match client.status(task_id).await {
+        Ok(StatusReply {
+            task: Some(task), ..
+        }) => format!(
+            "task {task_id} goes on ({}; fastworker status {task_id}, fastworker cancel {task_id})",
+            task.status.as_str()
+        ),
+        Ok(_) => format!(
+            "task {task_id} was not accepted: the control plane does not know it (submit it again)"
+        ),
+        Err(e) => format!(
+            "whether task {task_id} was accepted is unknown: the control plane does not answer ({e})"
+        ),
     }
 }
 
@@ -265,7 +338,7 @@ pub async fn status(args: TaskIdArgs) -> u8 {
         Err(e) => return unreachable(&e, &args.connect),
     };
     let Some(task) = reply.task else {
-        eprintln!("error: {}", reply.error.unwrap_or_default());
+        eprintln!("error: {}", shown(&reply.error.unwrap_or_default()));
         return EXIT_FAILED;
     };
     if args.json {
@@ -277,7 +350,7 @@ pub async fn status(args: TaskIdArgs) -> u8 {
         println!("  result: {}", task.result);
     }
     if let Some(error) = &task.error {
-        println!("  error: {error}");
+        println!("  error: {}", shown(error));
     }
     let mut facts = vec![format!("priority {}", task.priority)];
     if let (Status::Scheduled, Some(eta)) = (task.status, task.eta) {
@@ -323,7 +396,7 @@ pub async fn cancel(args: TaskIdArgs) -> u8 {
             0
         }
         Ok(reply) => {
-            eprintln!("error: {}", reply.error.unwrap_or_default());
+            eprintln!("error: {}", shown(&reply.error.unwrap_or_default()));
             EXIT_FAILED
         }
         Err(e) => unreachable(&e, &args.connect),
@@ -419,7 +492,7 @@ pub async fn workers(args: &WorkersArgs) -> u8 {
     );
     for w in &list.workers {
         for warning in &w.warnings {
-            println!("warning: {warning}");
+            println!("warning: {}", shown(warning));
         }
     }
     0

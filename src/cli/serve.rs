@@ -74,6 +74,56 @@ pub struct ControlPlaneArgs {
     pub no_local_tasks: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub token: super::remote::TokenArgs,
+    #[command(flatten)]
+    pub worker_token: WorkerTokenArgs,
+    /// Listen beyond loopback without any token (refused otherwise: anyone
+    /// who reaches the ports could submit tasks and register subworkers)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Where completion callbacks may be sent: an address pattern (`*` for
+    /// any run of characters), repeatable, or `none` [default:
+    /// tcp://127.0.0.1:*, tcp://localhost:*, tcp://[::1]:*]
+    #[arg(
+        long = "callback-allow",
+        env = "FASTWORKER_CALLBACK_ALLOW",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
+    pub callback_allow: Vec<String>,
+}
+
+/// The token subworkers present to register and report (else the
+/// `--auth-token`); see docs/security.md.
+#[derive(Debug, Args)]
+pub struct WorkerTokenArgs {
+    /// The subworkers' token
+    #[arg(
+        long,
+        env = "FASTWORKER_WORKER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub worker_token: Option<String>,
+    /// Read the subworkers' token from this file (its first line)
+    #[arg(
+        long,
+        env = "FASTWORKER_WORKER_TOKEN_FILE",
+        conflicts_with = "worker_token",
+        value_name = "PATH"
+    )]
+    pub worker_token_file: Option<std::path::PathBuf>,
+}
+
+impl WorkerTokenArgs {
+    fn token(&self) -> Result<Option<crate::auth::Token>, String> {
+        super::remote::token_from(
+            self.worker_token.as_deref(),
+            self.worker_token_file.as_deref(),
+        )
+        .map_err(|e| format!("--worker-token: {e}"))
+    }
 }
 
 /// What the control plane's sockets allow their peers (docs/operations.md,
@@ -176,6 +226,10 @@ pub struct SubworkerArgs {
     /// After SIGINT/SIGTERM, how long running tasks may take before they are handed back
     #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub token: super::remote::TokenArgs,
+    #[command(flatten)]
+    pub worker_token: WorkerTokenArgs,
 }
 
 pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> u8 {
@@ -202,6 +256,20 @@ pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> u8 {
             NonZeroUsize::get,
         ),
         shutdown_grace: args.shutdown_grace,
+        auth: match args.token.token() {
+            Ok(token) => token,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_UNUSABLE;
+            }
+        },
+        worker_token: match args.worker_token.token() {
+            Ok(token) => token,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_UNUSABLE;
+            }
+        },
     };
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
         nix::libc::SIGXFSZ,
@@ -275,6 +343,23 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
     config.data_dir = (!args.no_journal).then(|| args.data_dir.clone());
     config.local_tasks = !args.no_local_tasks;
     config.limits = args.limits.limits(config.concurrency);
+    config.insecure = args.insecure;
+    if !args.callback_allow.is_empty() {
+        let allow = args
+            .callback_allow
+            .iter()
+            .filter(|p| !p.trim().is_empty() && p.as_str() != "none")
+            .map(|p| p.trim().to_owned())
+            .collect();
+        config.callbacks = control_plane::CallbackPolicy::new(allow);
+    }
+    config.access = match (args.token.token(), args.worker_token.token()) {
+        (Ok(client), Ok(worker)) => crate::auth::Access { client, worker },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return EXIT_UNUSABLE;
+        }
+    };
     if !args.no_gui {
         tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
     }

@@ -312,7 +312,16 @@ impl Core {
     /// finished tasks are queryable again until their TTL runs out; waiting
     /// ones wait again, in their old order; a task that was running is run
     /// again, its interrupted attempt counted as lost.
-    pub fn restore(&mut self, replay: crate::journal::Replay) {
+    ///
+    /// `killed` names the tasks whose processes an earlier control plane
+    /// left running (found and killed at this start): a task among them
+    /// that the journal still has waiting had started within the last
+    /// commit window before a crash, and that run is listed as lost too.
+    pub fn restore(
+        &mut self,
+        replay: crate::journal::Replay,
+        killed: &std::collections::BTreeSet<String>,
+    ) {
         let quarantined = replay.quarantined.len();
         let (mut finished, mut requeued, mut forgotten) = (0, 0, Vec::new());
         let mut pending_callbacks = Vec::new();
@@ -358,6 +367,15 @@ impl Core {
                     "the control plane stopped while this attempt ran",
                     None,
                     started,
+                );
+                record.attempts.push(attempt);
+            } else if killed.contains(&record.task_id) {
+                let attempt = cut_short(
+                    &record,
+                    LOST,
+                    "the control plane stopped while this attempt ran, before its start reached the journal (its process was found and killed at the restart)",
+                    None,
+                    None,
                 );
                 record.attempts.push(attempt);
             }
@@ -1243,8 +1261,8 @@ impl Core {
             warnings: Vec::new(),
             cancel: Vec::new(),
         };
-        if id.is_empty() {
-            return refuse("a subworker needs a non-empty worker id".to_owned());
+        if let Err(e) = crate::protocol::check_id("worker id", &id) {
+            return refuse(e);
         }
         if let Some(old) = self.workers.by_id.get(&id)
             && old.state != State::Inactive
@@ -1428,6 +1446,9 @@ impl Core {
     /// still that worker's (a late report of a revoked lease is dropped:
     /// the task already runs, or ran, elsewhere).
     fn work_result(&mut self, hello: &Hello, lease: &str, execution: Execution) -> Applied {
+        if let Some(refused) = self.unregistered(hello, lease) {
+            return refused;
+        }
         let Some(info) = self.take_lease(hello, lease) else {
             tracing::info!(worker = %hello.worker_id, %lease, task_id = %execution.task_id, "late result of a revoked lease dropped: the task ran again elsewhere");
             return Applied {
@@ -1445,21 +1466,46 @@ impl Core {
         }
     }
 
-    /// Takes back `lease` from the worker `hello` names, if it is its.
-    fn take_lease(&mut self, hello: &Hello, lease: &str) -> Option<workers::LeaseInfo> {
-        let ours = self
+    /// A report on a lease of `hello`'s worker id from a process that has
+    /// not registered (yet: the control plane restarted, and the worker
+    /// has not registered again): not taken, with an error, so that a true
+    /// subworker keeps its report and sends it again once registered.
+    fn unregistered(&self, hello: &Hello, lease: &str) -> Option<Applied> {
+        let its = self
             .workers
             .leases
             .get(lease)
             .is_some_and(|info| info.worker_id == hello.worker_id);
-        if !ours {
+        (its && !self.holds(hello, lease)).then(|| Applied {
+            applied: false,
+            error: Some(format!(
+                "subworker '{}' is not registered with this session; register first",
+                hello.worker_id
+            )),
+        })
+    }
+
+    /// Whether `lease` is held by the worker `hello` names, speaking from
+    /// the process (session) that registered: another process using the
+    /// same worker id cannot report on or hand back its leases.
+    fn holds(&self, hello: &Hello, lease: &str) -> bool {
+        self.workers
+            .leases
+            .get(lease)
+            .is_some_and(|info| info.worker_id == hello.worker_id)
+            && self
+                .workers
+                .by_id
+                .get(&hello.worker_id)
+                .is_some_and(|w| w.session.as_ref() == Some(&hello.session))
+    }
+
+    /// Takes back `lease` from the worker `hello` names, if it is its.
+    fn take_lease(&mut self, hello: &Hello, lease: &str) -> Option<workers::LeaseInfo> {
+        if !self.holds(hello, lease) {
             return None;
         }
-        if let Some(worker) = self
-            .workers
-            .get_mut(&hello.worker_id)
-            .filter(|w| w.session.as_ref() == Some(&hello.session))
-        {
+        if let Some(worker) = self.workers.get_mut(&hello.worker_id) {
             worker.last_seen = Instant::now();
             worker.last_seen_at = Some(Utc::now());
         }
@@ -1469,11 +1515,10 @@ impl Core {
     /// A stopping subworker hands a task back: it runs elsewhere, and the
     /// interrupted attempt does not count against `retries`.
     fn release(&mut self, hello: &Hello, lease: &str, reason: &str) -> Applied {
-        let applied = self
-            .workers
-            .leases
-            .get(lease)
-            .is_some_and(|info| info.worker_id == hello.worker_id);
+        if let Some(refused) = self.unregistered(hello, lease) {
+            return refused;
+        }
+        let applied = self.holds(hello, lease);
         if applied {
             self.requeue_lease(
                 lease,

@@ -4,16 +4,70 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::callbacks::CallbackPolicy;
 use super::core::{Command, NewTask};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::auth::{Access, Need};
 use crate::manifest::Manifest;
+use crate::protocol::Authed;
 use crate::protocol::{
     self, Ack, Applied, BatchReply, CancelReply, ErrorReply, Manage, Query, Registered, ReplyMode,
     ResultReply, Status, StatusReply, Submit, TaskInfo, TaskList, TaskResult, WireTask, WorkerInfo,
     WorkerList,
 };
+use crate::throttle::Throttle;
 use crate::transport::Request;
 
 const SHUT_DOWN: &str = "the control plane is shutting down";
+
+/// Who may use the sockets (the tokens), and the requests turned away.
+#[derive(Debug)]
+pub struct Gate {
+    access: Access,
+    denied: AtomicU64,
+    throttle: Throttle,
+}
+
+impl Gate {
+    pub fn new(access: Access) -> Gate {
+        Gate {
+            access,
+            denied: AtomicU64::new(0),
+            throttle: Throttle::new(std::time::Duration::from_secs(60)),
+        }
+    }
+
+    /// Requests refused for a missing or wrong token since the start.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
+    }
+
+    /// A decoded request whose token lets it through, or the reply that
+    /// refuses it (undecodable, or unauthorized). Refusals are counted and
+    /// logged at most once a minute.
+    fn admit<T>(
+        &self,
+        decoded: Result<Authed<T>, String>,
+        need: Need,
+        socket: &str,
+    ) -> Result<T, Vec<u8>> {
+        let authed = decoded.map_err(|error| protocol::encode(&ErrorReply { error }))?;
+        match self.access.check(need, authed.auth.as_deref()) {
+            Ok(()) => Ok(authed.message),
+            Err(error) => {
+                let denied = self.denied.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.throttle.allow() {
+                    tracing::warn!(
+                        denied,
+                        "a request on the {socket} socket refused: {error} (logged at most once a minute)"
+                    );
+                }
+                Err(protocol::encode(&ErrorReply { error }))
+            }
+        }
+    }
+}
 
 /// The reply to a request a limit turned away (see [`crate::transport::Limits`]).
 pub fn busy_reply() -> Vec<u8> {
@@ -85,18 +139,21 @@ impl CoreHandle {
 /// A task's priority is its message's `priority` field (FastWorker's client
 /// always sends one, matching the socket it uses), else the task's priority
 /// in the manifest; the socket a message arrives on does not override it.
-pub async fn submit(core: &CoreHandle, request: Request) -> Vec<u8> {
+pub async fn submit(cx: Arc<Context>, request: Request) -> Vec<u8> {
     let decoded = Submit::decode(request.bytes());
     // The message's bytes (and its share of the in-flight budget) go now,
     // not when the task ends.
     drop(request);
-    match decoded {
-        Err(error) => protocol::encode(&ErrorReply { error }),
-        Ok(Submit::Task(task)) => submit_one(core, *task).await,
+    let core = &cx.core;
+    match cx.gate.admit(decoded, Need::Client, "submit") {
+        Err(reply) => reply,
+        Ok(Submit::Task(task)) => submit_one(&cx, *task).await,
         Ok(Submit::Batch(tasks)) => {
             let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
-            let new: Result<Vec<NewTask>, String> =
-                tasks.into_iter().map(|t| new_task(t, None)).collect();
+            let new: Result<Vec<NewTask>, String> = tasks
+                .into_iter()
+                .map(|t| new_task(t, &cx.callbacks))
+                .collect();
             let accepted = match new {
                 Ok(new) => core.submit(new).await,
                 Err(e) => Err(e),
@@ -117,9 +174,10 @@ pub async fn submit(core: &CoreHandle, request: Request) -> Vec<u8> {
     }
 }
 
-async fn submit_one(core: &CoreHandle, task: WireTask) -> Vec<u8> {
+async fn submit_one(cx: &Context, task: WireTask) -> Vec<u8> {
+    let core = &cx.core;
     let (task_id, mode) = (task.id.clone(), task.reply);
-    let new = new_task(task, None);
+    let new = new_task(task, &cx.callbacks);
     // A delayed task is answered at once, in either mode: holding the reply
     // until its eta would make clients time out and resend it (FastWorker
     // 0.3.0 sent no reply at all, and its client's resends ran a countdown
@@ -181,11 +239,14 @@ fn refused(task_id: &str, error: String) -> TaskResult {
     }
 }
 
-fn new_task(
-    task: WireTask,
-    waiter: Option<oneshot::Sender<protocol::TaskRecord>>,
-) -> Result<NewTask, String> {
+/// A task as the core takes it, once its message has passed every check.
+fn new_task(task: WireTask, callbacks: &CallbackPolicy) -> Result<NewTask, String> {
     task.check()?;
+    if let Some(callback) = &task.callback {
+        callbacks
+            .check(callback)
+            .map_err(|e| format!("task {}: {e}", task.id))?;
+    }
     let eta = task
         .eta
         .as_deref()
@@ -200,31 +261,37 @@ fn new_task(
         priority: task.priority,
         eta,
         callback: task.callback,
-        waiter,
+        waiter: None,
     })
 }
 
-/// What the query socket says about the control plane itself.
+/// What the socket handlers share.
 #[derive(Debug)]
-pub struct About {
+pub struct Context {
+    pub core: CoreHandle,
+    /// The tokens, and the requests they turned away.
+    pub gate: Gate,
+    /// Where submits may ask for callbacks to go.
+    pub callbacks: CallbackPolicy,
+    /// What the query socket says about the control plane itself.
     pub manifest: Arc<Manifest>,
     pub info: protocol::Info,
 }
 
 /// The query socket: results, status, cancel, the task list, the workers.
-pub async fn query(core: &CoreHandle, about: &About, request: Request) -> Vec<u8> {
-    let manifest = &about.manifest;
+pub async fn query(cx: Arc<Context>, request: Request) -> Vec<u8> {
+    let (core, manifest) = (&cx.core, &cx.manifest);
     let decoded = Query::decode(request.bytes());
     drop(request);
-    match decoded {
-        Ok(Query::Info) => protocol::encode(&about.info),
+    match cx.gate.admit(decoded, Need::Client, "query") {
+        Ok(Query::Info) => protocol::encode(&cx.info),
         Ok(Query::Workers) => match core.workers().await {
             Some(workers) => protocol::encode(&WorkerList { workers }),
             None => protocol::encode(&ErrorReply {
                 error: SHUT_DOWN.to_owned(),
             }),
         },
-        Err(error) => protocol::encode(&ErrorReply { error }),
+        Err(reply) => reply,
         Ok(Query::Result { task_id }) => protocol::encode(&match core.get(task_id.clone()).await {
             Some(record) => ResultReply {
                 found: true,
@@ -267,12 +334,13 @@ pub async fn query(core: &CoreHandle, about: &About, request: Request) -> Vec<u8
 }
 
 /// The management socket: what subworkers send (see [`protocol::Manage`]).
-pub async fn manage(core: &CoreHandle, request: Request) -> Vec<u8> {
-    let decoded = protocol::decode::<Manage>(request.bytes());
+pub async fn manage(cx: Arc<Context>, request: Request) -> Vec<u8> {
+    let decoded = Manage::decode(request.bytes());
     drop(request);
-    let message = match decoded {
+    let core = &cx.core;
+    let message = match cx.gate.admit(decoded, Need::Worker, "subworker") {
         Ok(message) => message,
-        Err(error) => return protocol::encode(&ErrorReply { error }),
+        Err(reply) => return reply,
     };
     let gone = || Applied {
         applied: false,

@@ -9,7 +9,7 @@
 
 mod callbacks;
 mod core;
-mod handlers;
+pub mod handlers;
 mod queue;
 mod results;
 mod workers;
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use self::callbacks::CallbackPolicy;
 pub use self::core::Stats;
 pub use self::handlers::CoreHandle;
 pub use self::queue::{DispatchQueue, Waiting};
@@ -57,6 +58,12 @@ pub struct Config {
     /// What the sockets allow their peers: message size, requests under
     /// way, connections, memory (see [`transport::Limits`]).
     pub limits: transport::Limits,
+    /// The tokens requests and subworkers must present (none by default).
+    pub access: crate::auth::Access,
+    /// Listen beyond loopback with no token (refused otherwise).
+    pub insecure: bool,
+    /// Where completion callbacks may be sent (TCP on loopback by default).
+    pub callbacks: CallbackPolicy,
     /// Where the journal lives (`journal.log`); `None` keeps everything in
     /// memory only (tests, and `--no-journal` for benchmarks).
     pub data_dir: Option<std::path::PathBuf>,
@@ -81,6 +88,9 @@ impl Config {
                 max_message: crate::protocol::MAX_MESSAGE,
                 ..transport::Limits::default()
             },
+            access: crate::auth::Access::default(),
+            insecure: false,
+            callbacks: CallbackPolicy::default(),
             data_dir: None,
         }
     }
@@ -94,6 +104,10 @@ pub enum ControlPlaneError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error(
+        "{address} can be reached from other hosts, and no token is set: anyone who reaches it could submit tasks, read their results and register as a subworker. Set --auth-token-file (or --auth-token, or FASTWORKER_AUTH_TOKEN; --worker-token to guard only the subworkers' socket), or pass --insecure to start anyway"
+    )]
+    Insecure { address: String },
 }
 
 /// A running control plane.
@@ -106,6 +120,9 @@ pub struct ControlPlane {
     pub quarantined: Vec<std::path::PathBuf>,
     /// The limits on its sockets' peers, and what they turned away.
     pub guard: Arc<transport::Guard>,
+    /// What the socket handlers share (the tokens, and the requests they
+    /// turned away, among it).
+    pub sockets: Arc<handlers::Context>,
     tasks: JoinSet<()>,
 }
 
@@ -125,6 +142,16 @@ pub async fn start(
 ) -> Result<ControlPlane, ControlPlaneError> {
     let endpoints = Endpoints::from_base(&config.base_address, config.subworker_port)
         .map_err(ControlPlaneError::Address)?;
+    if let Some(address) = beyond_loopback(&endpoints) {
+        if config.access.is_open() {
+            if !config.insecure {
+                return Err(ControlPlaneError::Insecure { address });
+            }
+            tracing::warn!(%address, "INSECURE: listening beyond loopback with no token (--insecure): anyone who reaches this address can submit tasks, read results and register as a subworker");
+        } else if config.access.client.is_none() {
+            tracing::warn!(%address, "listening beyond loopback: subworkers need the worker token, but submits and queries need none (set --auth-token to guard them too)");
+        }
+    }
     // The journal first: a second control plane on the same data dir is told
     // so, whatever its ports.
     let (journal, replay) = match &config.data_dir {
@@ -162,17 +189,17 @@ pub async fn start(
     // Tasks carry the data dir in their environment: after a kill -9, the
     // next start on that dir finds the ones still running and kills them
     // before it runs those tasks again.
-    let executor = match &config.data_dir {
+    let (executor, strays) = match &config.data_dir {
         Some(dir) => {
             let owner = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
             let owner = owner.to_string_lossy();
-            let killed = crate::executor::kill_strays(&owner);
-            if killed > 0 {
-                tracing::warn!(killed, data_dir = %owner, "killed the process groups of tasks left running by an earlier control plane on this data dir");
+            let strays = crate::executor::kill_strays(&owner);
+            if strays.groups > 0 {
+                tracing::warn!(killed = strays.groups, data_dir = %owner, "killed the process groups of tasks left running by an earlier control plane on this data dir");
             }
-            Executor::owned_by(&owner)
+            (Executor::owned_by(&owner), strays)
         }
-        None => Executor::new(),
+        None => (Executor::new(), crate::executor::Strays::default()),
     };
     let executor = Arc::new(executor);
     let (tx, rx) = mpsc::channel(4096);
@@ -195,7 +222,7 @@ pub async fn start(
         journal,
     );
     let quarantined = replay.quarantined.clone();
-    core.restore(replay);
+    core.restore(replay, &strays.task_ids);
     let handle = CoreHandle::new(tx);
     let mut tasks = JoinSet::new();
 
@@ -209,46 +236,34 @@ pub async fn start(
     });
     tasks.spawn(announcer);
     tasks.spawn(Arc::clone(&guard).sweep(servers_stop.clone()));
-    let busy = handlers::busy_reply();
+    let cx = Arc::new(handlers::Context {
+        core: handle.clone(),
+        gate: handlers::Gate::new(config.access.clone()),
+        callbacks: config.callbacks.clone(),
+        manifest: Arc::clone(&manifest),
+        info: crate::protocol::Info {
+            worker_id: config.worker_id.clone(),
+            base_address: config.base_address.clone(),
+            subworker_address: endpoints.subworker.clone(),
+        },
+    });
     for server in submit_servers {
-        let (core, stop, busy) = (handle.clone(), servers_stop.clone(), busy.clone());
-        tasks.spawn(async move {
-            let core = &core;
-            server
-                .serve(move |request| handlers::submit(core, request), busy, stop)
-                .await;
-        });
+        serve(&mut tasks, server, &cx, &servers_stop, handlers::submit);
     }
-    {
-        let (core, stop, busy) = (handle.clone(), servers_stop.clone(), busy.clone());
-        let about = handlers::About {
-            manifest: Arc::clone(&manifest),
-            info: crate::protocol::Info {
-                worker_id: config.worker_id.clone(),
-                base_address: config.base_address.clone(),
-                subworker_address: endpoints.subworker.clone(),
-            },
-        };
-        tasks.spawn(async move {
-            let (core, about) = (&core, &about);
-            query_server
-                .serve(
-                    move |request| handlers::query(core, about, request),
-                    busy,
-                    stop,
-                )
-                .await;
-        });
-    }
-    {
-        let (core, stop) = (handle.clone(), servers_stop.clone());
-        tasks.spawn(async move {
-            let core = &core;
-            manage_server
-                .serve(move |request| handlers::manage(core, request), busy, stop)
-                .await;
-        });
-    }
+    serve(
+        &mut tasks,
+        query_server,
+        &cx,
+        &servers_stop,
+        handlers::query,
+    );
+    serve(
+        &mut tasks,
+        manage_server,
+        &cx,
+        &servers_stop,
+        handlers::manage,
+    );
     tracing::info!(
         worker_id = %config.worker_id,
         submit = %format!("{} … {}", endpoints.submit(Priority::Critical), endpoints.submit(Priority::Low)),
@@ -264,6 +279,88 @@ pub async fn start(
         core: handle,
         quarantined,
         guard,
+        sockets: cx,
         tasks,
     })
+}
+
+/// Serves `server` with `handler` until `stop`, in `tasks`.
+fn serve<H, F>(
+    tasks: &mut JoinSet<()>,
+    server: ReplyServer,
+    cx: &Arc<handlers::Context>,
+    stop: &CancellationToken,
+    handler: H,
+) where
+    H: Fn(Arc<handlers::Context>, transport::Request) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Vec<u8>> + Send + 'static,
+{
+    let (cx, stop) = (Arc::clone(cx), stop.clone());
+    tasks.spawn(async move {
+        let busy = handlers::busy_reply();
+        server
+            .serve(move |request| handler(Arc::clone(&cx), request), busy, stop)
+            .await;
+    });
+}
+
+/// The first of `endpoints` that other hosts can reach, if any: a TCP
+/// address whose host is not a loopback address (a wildcard, another
+/// interface, or a name that resolves beyond loopback). `ipc://` and
+/// `inproc://` stay on this machine.
+fn beyond_loopback(endpoints: &Endpoints) -> Option<String> {
+    let all = Priority::ALL
+        .iter()
+        .map(|p| endpoints.submit(*p))
+        .chain([endpoints.query.as_str(), endpoints.subworker.as_str()]);
+    all.filter(|url| !url.is_empty())
+        .find(|url| !listens_on_loopback(url))
+        .map(str::to_owned)
+}
+
+fn listens_on_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("tcp://") else {
+        return true;
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host == "*" {
+        return false;
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))
+            .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+            .unwrap_or(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_told_from_the_rest() {
+        for url in [
+            "tcp://127.0.0.1:5555",
+            "tcp://[::1]:5555",
+            "tcp://localhost:5555",
+            "ipc:///tmp/x",
+            "inproc://x",
+        ] {
+            assert!(listens_on_loopback(url), "{url}");
+        }
+        for url in [
+            "tcp://0.0.0.0:5555",
+            "tcp://*:5555",
+            "tcp://:5555",
+            "tcp://[::]:5555",
+            "tcp://10.1.2.3:5555",
+        ] {
+            assert!(!listens_on_loopback(url), "{url}");
+        }
+    }
 }

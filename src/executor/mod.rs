@@ -24,7 +24,7 @@ pub use outcome::{
     TaskRequest, check_nesting, check_result, nesting,
 };
 pub use pool::Pool;
-pub use process::kill_strays;
+pub use process::{Strays, kill_strays};
 
 use crate::manifest::{Mode, TaskSpec};
 

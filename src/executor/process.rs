@@ -36,19 +36,29 @@ pub struct TaskProcess {
 /// [`kill_strays`]).
 pub const OWNER_VAR: &str = "FASTWORKER_OWNER";
 
+/// What [`kill_strays`] found and killed.
+#[derive(Debug, Default)]
+pub struct Strays {
+    /// Process groups killed.
+    pub groups: usize,
+    /// The tasks those one-shot processes were running (their
+    /// `FASTWORKER_TASK_ID`); pool processes serve many tasks and name none.
+    pub task_ids: std::collections::BTreeSet<String>,
+}
+
 /// Kills the process group of every process whose environment holds
 /// `FASTWORKER_OWNER=owner`: tasks left running by an earlier process with
 /// the same owner that was killed (`kill -9`) before it could stop them.
-/// Returns how many process groups were killed. A process that cleared its
-/// environment (`env -i`) is not found; one that is not ours to signal is
-/// skipped.
-pub fn kill_strays(owner: &str) -> usize {
+/// A process that cleared its environment (`env -i`) is not found; one that
+/// is not ours to signal is skipped.
+pub fn kill_strays(owner: &str) -> Strays {
     let needle = format!("{OWNER_VAR}={owner}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Strays::default();
     };
     let me = nix::unistd::getpgrp();
     let mut groups = std::collections::BTreeSet::new();
+    let mut task_ids = std::collections::BTreeSet::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -60,19 +70,22 @@ pub fn kill_strays(owner: &str) -> usize {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue; // gone, or not ours
         };
-        if environ
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
+        let mut vars = environ.split(|b| *b == 0);
+        if vars.clone().any(|var| var == needle.as_bytes())
             && let Ok(pgid) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
             && pgid != me
         {
             groups.insert(pgid);
+            if let Some(id) = vars.find_map(|var| var.strip_prefix(b"FASTWORKER_TASK_ID=")) {
+                task_ids.insert(String::from_utf8_lossy(id).into_owned());
+            }
         }
     }
-    groups
+    let groups = groups
         .into_iter()
         .filter(|pgid| nix::sys::signal::killpg(*pgid, nix::sys::signal::Signal::SIGKILL).is_ok())
-        .count()
+        .count();
+    Strays { groups, task_ids }
 }
 
 /// Starts `spec`'s program with piped stdio, in a new process group, with

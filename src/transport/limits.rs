@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::nng::{self, Socket};
+use crate::throttle::Throttle;
 
 /// Messages up to this size are always taken in; larger ones count against
 /// [`Limits::inflight_bytes`].
@@ -87,10 +88,8 @@ pub struct Guard {
     refused: AtomicU64,
     busy: AtomicU64,
     closed_idle: AtomicU64,
-    /// When a refusal was last logged (milliseconds since `epoch`), so
-    /// that a flood is logged once a minute, not per connection.
-    last_warned: AtomicU64,
-    epoch: std::time::Instant,
+    /// A flood of refusals is logged once a minute, not per connection.
+    throttle: Throttle,
 }
 
 /// Counts of what the limits turned away.
@@ -111,8 +110,7 @@ impl Guard {
             refused: AtomicU64::new(0),
             busy: AtomicU64::new(0),
             closed_idle: AtomicU64::new(0),
-            last_warned: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
+            throttle: Throttle::new(Duration::from_secs(60)),
         })
     }
 
@@ -276,14 +274,7 @@ impl Guard {
 
     /// Logs `what` at most once a minute, with how many were turned away.
     pub fn warn(&self, what: &str) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_warned.load(Ordering::Relaxed);
-        if (last == 0 || now >= last + 60_000)
-            && self
-                .last_warned
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.throttle.allow() {
             let turned = self.turned();
             tracing::warn!(
                 refused_connections = turned.connections_refused,

@@ -80,6 +80,16 @@ impl Slot {
     }
 }
 
+impl Drop for Slot {
+    /// Whatever dropped the server (a stop, or its task aborted), no
+    /// callback may run once the slot's memory is freed.
+    fn drop(&mut self) {
+        if let Some(aio) = self.aio.get() {
+            aio.stop();
+        }
+    }
+}
+
 /// The server's slots. Each is boxed on purpose: its aio's callback holds
 /// its address, which must not move when the vector grows.
 #[allow(clippy::vec_box)]

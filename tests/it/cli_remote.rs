@@ -344,3 +344,72 @@ async fn countdown_and_batch_from_the_command_line() {
     );
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_that_times_out_says_whether_the_task_was_taken() {
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        &cp.base,
+        "--timeout",
+        "1s",
+        "blocker",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(124));
+    assert_contains(&err(&o), "goes on (running; fastworker status");
+    std::fs::write(fx.path("release"), "").expect("release");
+    cp.stop().await;
+
+    // Something on the ports that takes a submit and never answers, and
+    // knows no task: the task was never taken.
+    let port = 20_000 + crate::helpers::rand_u16() % 40_000;
+    let guard = fastworker::transport::Guard::new(fastworker::transport::Limits::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let normal = fastworker::transport::ReplyServer::listen(
+        &format!("tcp://127.0.0.1:{}", port + 2),
+        &guard,
+    )
+    .expect("listen");
+    let query = fastworker::transport::ReplyServer::listen(
+        &format!("tcp://127.0.0.1:{}", port + 4),
+        &guard,
+    )
+    .expect("listen");
+    let servers = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let silent = normal.serve(
+                |_request| std::future::pending::<Vec<u8>>(),
+                Vec::new(),
+                stop.clone(),
+            );
+            let unknown = query.serve(
+                |_request| async { br#"{"found": false, "error": "not found"}"#.to_vec() },
+                Vec::new(),
+                stop,
+            );
+            tokio::join!(silent, unknown);
+        }
+    });
+    let base = format!("tcp://127.0.0.1:{port}");
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        &base,
+        "--timeout",
+        "1s",
+        "blocker",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(124));
+    assert_contains(
+        &err(&o),
+        "was not accepted: the control plane does not know it",
+    );
+    // The silent handler never ends: no graceful stop to wait for.
+    servers.abort();
+    let _ = servers.await;
+}

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     Fixture, TestControlPlane, assert_contains, process_alive, rand_u16, read_pid,
-    spawn_control_plane, spawn_control_plane_via, wait_for, wait_status, wire_task,
+    spawn_control_plane, spawn_control_plane_via, spawn_control_plane_with, wait_for, wait_status,
+    wire_task,
 };
 
 const MANIFEST: &str = r#"
@@ -423,7 +424,16 @@ async fn a_callback_still_on_its_way_at_a_crash_is_sent_after_the_restart() {
     };
     let fx = Fixture::new(MANIFEST);
     let address = format!("ipc://{}", fx.path("callback.ipc").display());
-    let (mut child, client) = control_plane(&fx).await;
+    // ipc callbacks are allowed only where the operator says.
+    let allow = format!("ipc://{}/*", fx.dir.path().display());
+    let extra = ["--callback-allow", allow.as_str()];
+    let callbacks_here = |fx| async move {
+        let (logged, base) = spawn_control_plane_with(fx, 2, &[], &extra).await;
+        let client =
+            fastworker::client::Client::new(&base, Duration::from_secs(10)).expect("client");
+        (logged.child, client)
+    };
+    let (mut child, client) = callbacks_here(&fx).await;
     let mut task = wire_task("eight", vec![]);
     task.callback = Some(json!({"address": address, "data": {"k": "v"}}));
     let ack = client.submit_ack(task, None).await.expect("ack");
@@ -459,7 +469,7 @@ async fn a_callback_still_on_its_way_at_a_crash_is_sent_after_the_restart() {
         Some("listening")
     );
 
-    let (_child, client) = control_plane(&fx).await;
+    let (_child, client) = callbacks_here(&fx).await;
     let message = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
         .await
         .expect("the callback arrived")
@@ -525,4 +535,50 @@ async fn a_query_after_the_end_reads_the_result_not_running() {
         }
     }
     eprintln!("queries sent after a task's end: {read_while_finishing}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_start_never_reached_the_journal_is_listed_when_its_process_is_found() {
+    let fx = Fixture::new(MANIFEST);
+    let (mut child, client) = control_plane(&fx).await;
+    let mut task = wire_task("eight", vec![]);
+    task.eta = Some((chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339());
+    let ack = client.submit_ack(task, None).await.expect("ack");
+    assert!(ack.accepted);
+    kill_9(&mut child).await;
+    // As a crash leaves it when the task's process had started but its
+    // `running` record was still in the commit window (at most 20 ms): the
+    // journal says waiting, and a process of that task runs on.
+    let owner = std::path::absolute(fx.path("data")).expect("absolute");
+    let mut stray = std::process::Command::new("sleep");
+    stray
+        .arg("60")
+        .env("FASTWORKER_OWNER", &owner)
+        .env("FASTWORKER_TASK_ID", &ack.task_id);
+    std::os::unix::process::CommandExt::process_group(&mut stray, 0);
+    let mut stray = stray.spawn().expect("stray");
+    let _guard = crate::helpers::KillOnDrop(stray.id());
+    let (_child, client) = control_plane(&fx).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || stray
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_some())
+        .await,
+        "the stray was killed"
+    );
+    let task = client
+        .status(&ack.task_id)
+        .await
+        .expect("status")
+        .task
+        .expect("task");
+    assert_eq!(task.status, Status::Scheduled);
+    assert_eq!(task.attempts.len(), 1, "{:?}", task.attempts);
+    assert_eq!(task.attempts[0]["status"], "lost");
+    assert_contains(
+        task.attempts[0]["error"].as_str().unwrap_or_default(),
+        "before its start reached the journal",
+    );
 }

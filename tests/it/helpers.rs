@@ -162,6 +162,7 @@ pub struct TestControlPlane {
     pub discovery: String,
     pub core: fastworker::control_plane::CoreHandle,
     pub guard: Arc<fastworker::transport::Guard>,
+    pub sockets: Arc<fastworker::control_plane::handlers::Context>,
     shutdown: CancellationToken,
     running: Option<fastworker::control_plane::ControlPlane>,
 }
@@ -193,6 +194,7 @@ impl TestControlPlane {
                         discovery,
                         core: running.core.clone(),
                         guard: Arc::clone(&running.guard),
+                        sockets: Arc::clone(&running.sockets),
                         shutdown,
                         running: Some(running),
                     };
@@ -410,7 +412,21 @@ pub async fn spawn_logged(
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut outcome = Err("the process ended before saying it was ready".to_owned());
-    while let Some(line) = lines.next_line().await.expect("read") {
+    // A process that neither says it is ready nor fails is a failure too,
+    // not a hang.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(line) => line.expect("read"),
+            Err(_) => {
+                outcome = Err(format!(
+                    "no line saying {ok:?} or {fail:?} within 60 s; it said:\n{}",
+                    log.lock().expect("log").join("\n")
+                ));
+                break;
+            }
+        };
+        let Some(line) = line else { break };
         log.lock().expect("log").push(line.clone());
         if ok.iter().any(|w| line.contains(w)) {
             outcome = Ok(line);

@@ -14,4 +14,5 @@ mod oneshot;
 mod pool;
 mod python_client;
 mod python_runner;
+mod security;
 mod subworkers;

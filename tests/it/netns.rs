@@ -95,11 +95,13 @@ fn make_net(tag: &str, net: &str, hosts: &[&str]) -> Result<Net, String> {
     Ok(made)
 }
 
-/// Runs the binary in namespace `ns` and returns its stdout.
-fn fastworker_in(ns: &str, args: &[&str]) -> String {
+/// Runs the binary in namespace `ns`, with the token in `token` (a file),
+/// and returns its stdout.
+fn fastworker_in(ns: &str, token: &str, args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, BIN])
         .args(args)
+        .env("FASTWORKER_AUTH_TOKEN_FILE", token)
         .output()
         .expect("ip netns exec");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -134,6 +136,13 @@ async fn a_subworker_cut_off_mid_task_is_replaced_and_rejoins_across_hosts() {
     };
     let manifest = fx.manifest_path().display().to_string();
     let data = fx.path("data").display().to_string();
+    // Beyond loopback a control plane requires a token (docs/security.md).
+    std::fs::write(
+        fx.path("token"),
+        format!("{}\n", uuid::Uuid::new_v4().simple()),
+    )
+    .expect("token");
+    let token = fx.path("token").display().to_string();
     let (cp, ready) = spawn_logged(
         &argv(
             "cp",
@@ -148,6 +157,8 @@ async fn a_subworker_cut_off_mid_task_is_replaced_and_rejoins_across_hosts() {
                 "--data-dir",
                 &data,
                 "--no-local-tasks",
+                "--auth-token-file",
+                &token,
             ],
         ),
         &["ready"],
@@ -155,6 +166,27 @@ async fn a_subworker_cut_off_mid_task_is_replaced_and_rejoins_across_hosts() {
     )
     .await;
     ready.unwrap_or_else(|e| panic!("control plane: {e}"));
+    // A subworker without the token is turned away, and says so.
+    let (mut rogue, refused) = spawn_logged(
+        &argv(
+            "w2",
+            &[
+                "subworker",
+                "--worker-id",
+                "rogue",
+                "--control-plane-address",
+                &base,
+                "--manifest",
+                &manifest,
+            ],
+        ),
+        &["ready"],
+        &["error"],
+    )
+    .await;
+    let refused = refused.expect_err("a subworker without the token is refused");
+    assert!(refused.contains("unauthorized"), "{refused}");
+    assert_eq!(rogue.child.wait().await.expect("exit").code(), Some(2));
     let mut workers: Vec<(String, Logged)> = Vec::new();
     for host in ["w1", "w2"] {
         let (w, ready) = spawn_logged(
@@ -170,6 +202,8 @@ async fn a_subworker_cut_off_mid_task_is_replaced_and_rejoins_across_hosts() {
                     "1",
                     "--manifest",
                     &manifest,
+                    "--auth-token-file",
+                    &token,
                 ],
             ),
             &["ready"],
@@ -182,6 +216,7 @@ async fn a_subworker_cut_off_mid_task_is_replaced_and_rejoins_across_hosts() {
 
     let id = fastworker_in(
         &ns("cp"),
+        &token,
         &["submit", "--base-address", &base, "--non-blocking", "work"],
     )
     .trim()
@@ -190,6 +225,7 @@ async fn a_subworker_cut_off_mid_task_is_replaced_and_rejoins_across_hosts() {
     let status = |id: &str| -> Value {
         serde_json::from_str(&fastworker_in(
             &ns("cp"),
+            &token,
             &["status", "--base-address", &base, "--json", id],
         ))
         .unwrap_or(Value::Null)
@@ -268,6 +304,7 @@ async fn a_subworker_cut_off_mid_task_is_replaced_and_rejoins_across_hosts() {
     );
     let listed: Value = serde_json::from_str(&fastworker_in(
         &ns("cp"),
+        &token,
         &["workers", "--base-address", &base, "--json"],
     ))
     .expect("workers json");
