@@ -271,6 +271,18 @@ fn check(manifest: Option<&Path>) -> u8 {
     for ((runner, program), tasks) in &runners {
         println!("runner {runner}: {program} (for {})", tasks.join(", "));
     }
+    if manifest.tasks.values().any(|t| t.limits.any()) {
+        let cgroups = crate::executor::limits::Cgroups::detect();
+        println!("resource limits: {}", cgroups.describe());
+        for task in manifest.tasks.values() {
+            if task.limits.processes.is_some() && !cgroups.processes_bound() {
+                println!(
+                    "warning: task '{}': max_processes does not bind here (running as root, with no pids cgroup to use)",
+                    task.name
+                );
+            }
+        }
+    }
     println!(
         "{}: ok, {} task{}",
         manifest.path.display(),

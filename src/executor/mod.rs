@@ -6,6 +6,7 @@
 //! a warm one ([`pool`]). [`process`] owns spawning, process groups and
 //! bounded output capture; [`retry`] turns a task's retry policy into attempts.
 
+pub mod limits;
 mod oneshot;
 mod outcome;
 mod pool;
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use outcome::{
-    Execution, ExitState, MAX_NESTING, MAX_RESULT_NESTING, Outcome, STDERR_TAIL, TaskError,
+    Execution, ExitState, Limit, MAX_NESTING, MAX_RESULT_NESTING, Outcome, STDERR_TAIL, TaskError,
     TaskRequest, check_nesting, check_result, nesting,
 };
 pub use pool::Pool;
@@ -34,6 +35,8 @@ pub struct Executor {
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     /// Set as `FASTWORKER_OWNER` on every process it starts.
     owner: Option<Arc<str>>,
+    /// Where tasks with resource limits get cgroups; found on first use.
+    cgroups: Arc<std::sync::OnceLock<limits::Cgroups>>,
 }
 
 impl Executor {
@@ -60,12 +63,31 @@ impl Executor {
         cancel: &CancellationToken,
     ) -> Execution {
         tracing::debug!(task = %spec.name, task_id = %request.task_id, attempt = request.attempt, mode = %spec.mode, "running task");
+        let cgroups = self.cgroups_for(spec);
         let execution = match spec.mode {
-            Mode::Oneshot => oneshot::run(spec, request, cancel, self.owner.as_deref()).await,
+            Mode::Oneshot => {
+                oneshot::run(spec, request, cancel, self.owner.as_deref(), cgroups).await
+            }
             Mode::Pool => self.pool(spec).run(request, cancel).await,
         };
         tracing::debug!(task = %spec.name, task_id = %request.task_id, status = execution.outcome.status(), ms = execution.duration.as_secs_f64() * 1e3, "task ended");
         execution
+    }
+
+    /// This executor, enforcing resource limits with `cgroups` rather than
+    /// with what it would find (tests; `Cgroups::none()` for rlimits only).
+    #[must_use]
+    pub fn with_cgroups(self, cgroups: limits::Cgroups) -> Self {
+        let _ = self.cgroups.set(cgroups);
+        self
+    }
+
+    /// The cgroups a task with resource limits uses (found on first use);
+    /// `None` for a task without limits.
+    fn cgroups_for(&self, spec: &TaskSpec) -> Option<&limits::Cgroups> {
+        spec.limits
+            .any()
+            .then(|| self.cgroups.get_or_init(limits::Cgroups::detect))
     }
 
     /// The warm pool of a pool-mode task, created on first use.
@@ -73,7 +95,13 @@ impl Executor {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(spec.name.clone())
-            .or_insert_with(|| Arc::new(Pool::new(Arc::clone(spec)).owned_by(self.owner.clone())))
+            .or_insert_with(|| {
+                Arc::new(
+                    Pool::new(Arc::clone(spec))
+                        .owned_by(self.owner.clone())
+                        .limited_by(Arc::clone(&self.cgroups)),
+                )
+            })
             .clone()
     }
 

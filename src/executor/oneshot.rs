@@ -10,6 +10,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::Started;
+use super::limits::{self, Cgroups, Prepared};
 use super::outcome::{Execution, Outcome, STDERR_TAIL, TaskError, TaskRequest};
 use super::process::{self, Tail, TaskProcess};
 use crate::manifest::TaskSpec;
@@ -20,12 +21,14 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 const CHUNK: usize = 64 * 1024;
 
 /// Runs one request in a fresh process and returns how it ended.
-/// `owner`, when set, goes to the process as `FASTWORKER_OWNER`.
+/// `owner`, when set, goes to the process as `FASTWORKER_OWNER`; `cgroups`
+/// is where a task with resource limits gets its cgroups.
 pub async fn run(
     spec: &TaskSpec,
     request: &TaskRequest,
     cancel: &CancellationToken,
     owner: Option<&str>,
+    cgroups: Option<&Cgroups>,
 ) -> Execution {
     let started = Started::now();
     let attempt = request.attempt.to_string();
@@ -36,12 +39,38 @@ pub async fn run(
         ("FASTWORKER_MODE", "oneshot"),
     ];
     extra_env.extend(owner.map(|owner| (process::OWNER_VAR, owner)));
-    let proc = match process::spawn(spec, &extra_env) {
-        Ok(proc) => proc,
-        Err(outcome) => return started.finish(request, outcome, String::new(), None),
+    let mut prepared = match cgroups
+        .map(|c| Prepared::new(c, &spec.limits, false))
+        .transpose()
+    {
+        Ok(prepared) => prepared,
+        Err(message) => {
+            let outcome = Outcome::SpawnFailed {
+                program: spec.launch.requested.clone().into(),
+                message,
+                transient: false,
+            };
+            return started.finish(request, outcome, String::new(), None);
+        }
     };
+    let proc = match process::spawn(spec, &extra_env, prepared.as_ref()) {
+        Ok(proc) => proc,
+        Err(outcome) => {
+            if let Some(prepared) = prepared {
+                prepared.finish().await;
+            }
+            return started.finish(request, outcome, String::new(), None);
+        }
+    };
+    if let Some(prepared) = &mut prepared {
+        prepared.started();
+    }
     let pid = proc.pid;
-    let (outcome, stderr) = supervise(spec, request, proc, cancel, started.instant).await;
+    let (mut outcome, stderr) = supervise(spec, request, proc, cancel, started.instant).await;
+    if let Some(prepared) = prepared {
+        let usage = prepared.finish().await;
+        outcome = limits::judge(&spec.limits, outcome, &usage, &stderr);
+    }
     started.finish(request, outcome, stderr, Some(pid))
 }
 

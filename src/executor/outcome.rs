@@ -151,6 +151,39 @@ pub enum Outcome {
     },
     /// The run was cancelled and its process group stopped.
     Cancelled,
+    /// A resource limit of the task stopped it (see `executor::limits`):
+    /// `value` is the limit (bytes, CPU seconds, files or processes),
+    /// `killed` whether the kernel killed it (else it failed on its own),
+    /// `cause` how the run ended as seen without the limit in mind.
+    LimitExceeded {
+        limit: Limit,
+        value: u64,
+        killed: bool,
+        cause: String,
+    },
+}
+
+/// A resource limit of a task (the manifest's `memory_limit`,
+/// `cpu_time_limit`, `max_open_files`, `max_processes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    Memory,
+    CpuTime,
+    OpenFiles,
+    Processes,
+}
+
+impl Limit {
+    /// The limit and its value, for people: "memory limit 256 MiB".
+    pub fn describe(self, value: u64) -> String {
+        match self {
+            Limit::Memory => format!("memory limit {}", exact_size(value)),
+            Limit::CpuTime => format!("CPU time limit {value}s"),
+            Limit::OpenFiles => format!("open-files limit {value}"),
+            Limit::Processes => format!("process limit {value}"),
+        }
+    }
 }
 
 impl Outcome {
@@ -186,6 +219,7 @@ impl Outcome {
             Outcome::InvalidOutput { .. } => "invalid_output",
             Outcome::SpawnFailed { .. } => "spawn_failed",
             Outcome::Cancelled => "cancelled",
+            Outcome::LimitExceeded { .. } => "limit_exceeded",
         }
     }
 }
@@ -232,6 +266,18 @@ impl fmt::Display for Outcome {
                 write!(f, "cannot start {}: {message}", program.display())
             }
             Outcome::Cancelled => f.write_str("cancelled"),
+            Outcome::LimitExceeded {
+                limit,
+                value,
+                killed: true,
+                ..
+            } => write!(f, "killed: {}", limit.describe(*value)),
+            Outcome::LimitExceeded {
+                limit,
+                value,
+                cause,
+                ..
+            } => write!(f, "stopped by its {} ({cause})", limit.describe(*value)),
         }
     }
 }
@@ -378,6 +424,12 @@ mod tests {
                 limit: Duration::from_millis(1500),
             },
             Outcome::Cancelled,
+            Outcome::LimitExceeded {
+                limit: Limit::Memory,
+                value: 256 << 20,
+                killed: true,
+                cause: "failed (signal 9 (SIGKILL))".into(),
+            },
         ] {
             let execution = Execution {
                 task_id: "t1".into(),

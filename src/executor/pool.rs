@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Started;
+use super::limits::{self, Cgroups, Prepared};
 use super::outcome::{Execution, ExitState, Outcome, STDERR_TAIL, TaskError, TaskRequest};
 use super::process::{self, Tail, TaskProcess};
 use crate::manifest::TaskSpec;
@@ -38,11 +39,15 @@ pub struct Pool {
     retiring: TaskTracker,
     /// Set as `FASTWORKER_OWNER` on its processes.
     owner: Option<Arc<str>>,
+    /// Where its processes get cgroups, when the task has resource limits.
+    cgroups: Arc<std::sync::OnceLock<Cgroups>>,
 }
 
 #[derive(Debug)]
 struct PoolProcess {
     proc: TaskProcess,
+    /// Its resource limits (its cgroups), when the task has any.
+    limits: Option<Prepared>,
     /// Bytes read from stdout that are not yet a whole line.
     pending: Vec<u8>,
     served: u32,
@@ -52,9 +57,10 @@ struct PoolProcess {
 }
 
 impl PoolProcess {
-    fn new(proc: TaskProcess) -> Self {
+    fn new(proc: TaskProcess, limits: Option<Prepared>) -> Self {
         PoolProcess {
             proc,
+            limits,
             pending: Vec::new(),
             served: 0,
             out_buf: vec![0u8; CHUNK].into_boxed_slice(),
@@ -87,6 +93,47 @@ impl Pool {
             closed: AtomicBool::new(false),
             retiring: TaskTracker::new(),
             owner: None,
+            cgroups: Arc::default(),
+        }
+    }
+
+    /// Its processes' cgroups are made where `cgroups` says (found on first use).
+    #[must_use]
+    pub fn limited_by(mut self, cgroups: Arc<std::sync::OnceLock<Cgroups>>) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
+    /// Starts a warm process, with its limits.
+    async fn start(&self) -> Result<PoolProcess, Outcome> {
+        let mut limits = match self.spec.limits.any() {
+            true => Some(
+                Prepared::new(
+                    self.cgroups.get_or_init(Cgroups::detect),
+                    &self.spec.limits,
+                    true,
+                )
+                .map_err(|message| Outcome::SpawnFailed {
+                    program: self.spec.launch.requested.clone().into(),
+                    message,
+                    transient: false,
+                })?,
+            ),
+            false => None,
+        };
+        match process::spawn(&self.spec, &self.env(), limits.as_ref()) {
+            Ok(proc) => {
+                if let Some(limits) = &mut limits {
+                    limits.started();
+                }
+                Ok(PoolProcess::new(proc, limits))
+            }
+            Err(outcome) => {
+                if let Some(limits) = limits {
+                    limits.finish().await;
+                }
+                Err(outcome)
+            }
         }
     }
 
@@ -126,16 +173,28 @@ impl Pool {
         let started = Started::now();
         let mut worker = match self.take_idle() {
             Some(worker) => worker,
-            None => match process::spawn(&self.spec, &self.env()) {
-                Ok(proc) => PoolProcess::new(proc),
+            None => match self.start().await {
+                Ok(worker) => worker,
                 Err(outcome) => return started.finish(request, outcome, String::new(), None),
             },
         };
+        if let Some(cpu) = self.spec.limits.cpu_time {
+            limits::renew_cpu_limit(worker.proc.pid, cpu);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut tail = Tail::new(STDERR_TAIL);
-        let served = worker
+        let mut served = worker
             .serve(&self.spec, request, id, cancel, &mut tail)
             .await;
+        let stderr = tail.take();
+        if let Some(prepared) = &worker.limits {
+            served.outcome = limits::judge(
+                &self.spec.limits,
+                served.outcome,
+                &prepared.usage(),
+                &stderr,
+            );
+        }
         worker.served += 1;
         let pid = worker.proc.pid;
 
@@ -148,7 +207,7 @@ impl Pool {
         } else {
             self.retire(worker);
         }
-        started.finish(request, served.outcome, tail.take(), Some(pid))
+        started.finish(request, served.outcome, stderr, Some(pid))
     }
 
     /// Stops every process: idle ones now, busy ones when their task ends.
@@ -208,6 +267,9 @@ impl Pool {
                     tracing::warn!(task = %name, pid, "pool process did not exit on EOF; stopping it");
                     let _ = process::stop(&mut child, group, Duration::ZERO).await;
                 }
+            }
+            if let Some(limits) = worker.limits {
+                limits.finish().await;
             }
         });
     }

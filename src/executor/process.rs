@@ -89,8 +89,13 @@ pub fn kill_strays(owner: &str) -> Strays {
 }
 
 /// Starts `spec`'s program with piped stdio, in a new process group, with
-/// `extra_env` set on top of the task's environment.
-pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess, Outcome> {
+/// `extra_env` set on top of the task's environment, and the resource
+/// limits `limits` prepared (its cgroups and rlimits, set in the child).
+pub fn spawn(
+    spec: &TaskSpec,
+    extra_env: &[(&str, &str)],
+    limits: Option<&super::limits::Prepared>,
+) -> Result<TaskProcess, Outcome> {
     let launch = &spec.launch;
     let program = launch
         .program
@@ -116,11 +121,20 @@ pub fn spawn(spec: &TaskSpec, extra_env: &[(&str, &str)]) -> Result<TaskProcess,
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v))),
     );
-    // No pre_exec hook (e.g. PR_SET_PDEATHSIG): any hook makes std fork+exec
-    // instead of posix_spawn, which measured ~10% slower per one-shot task
+    // No pre_exec hook unless the task has resource limits (e.g. no
+    // PR_SET_PDEATHSIG): any hook makes std fork+exec instead of
+    // posix_spawn, which measured ~10% slower per one-shot task
     // (docs/benchmarks.md). Without it, a fastworker killed with SIGKILL
     // leaves its tasks to finish: pool processes exit on stdin EOF, one-shot
-    // processes end with their task.
+    // processes end with their task (and the next start kills what is left).
+    if let Some(limits) = limits {
+        #[allow(unsafe_code)]
+        // SAFETY: the hook makes only system calls (write, setrlimit), as
+        // is required between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd.as_std_mut(), limits.hook());
+        }
+    }
 
     let mut child = cmd.spawn().map_err(|e| Outcome::SpawnFailed {
         program: program.clone(),

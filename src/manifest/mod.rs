@@ -134,6 +134,29 @@ pub struct TaskSpec {
     pub max_tasks_per_process: Option<u32>,
     /// Time between SIGTERM and SIGKILL when a task is stopped.
     pub grace_period: Duration,
+    /// What each of its processes may use.
+    pub limits: ResourceLimits,
+}
+
+/// What a task's process may use (the manifest's `memory_limit`,
+/// `cpu_time_limit`, `max_open_files` and `max_processes`); `None` is no
+/// limit. How each is enforced: `executor::limits`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// Bytes of memory.
+    pub memory: Option<u64>,
+    /// CPU time (whole seconds count).
+    pub cpu_time: Option<Duration>,
+    /// Open file descriptors.
+    pub open_files: Option<u64>,
+    /// Processes and threads, the task's own included.
+    pub processes: Option<u64>,
+}
+
+impl ResourceLimits {
+    pub fn any(&self) -> bool {
+        *self != ResourceLimits::default()
+    }
 }
 
 impl TaskSpec {
@@ -172,6 +195,11 @@ impl TaskSpec {
             self.grace_period,
         );
         hash.update(options.as_bytes());
+        // Only when set, so that digests of tasks without limits stay as
+        // builds before limits made them.
+        if self.limits.any() {
+            hash.update(format!("|{:?}", self.limits).as_bytes());
+        }
         if let HowToRun::Script { path, .. } = &self.how {
             // A script that cannot be read hashes as empty: running it will
             // say what is wrong.

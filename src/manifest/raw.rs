@@ -50,6 +50,12 @@ pub struct RawTable {
     pub pool_size: S<u32>,
     pub max_tasks_per_process: S<u32>,
     pub grace_period: S<toml::Value>,
+
+    // Resource limits of each task process.
+    pub memory_limit: S<toml::Value>,
+    pub cpu_time_limit: S<toml::Value>,
+    pub max_open_files: S<u32>,
+    pub max_processes: S<u32>,
 }
 
 /// One `[runners.NAME]` table: an interpreter, the program it runs, and pool settings.

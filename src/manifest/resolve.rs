@@ -17,7 +17,7 @@ use toml::Spanned;
 use super::error::{Locator, ManifestError, Problem};
 use super::program::Resolver;
 use super::raw::{RawManifest, RawRunner, RawTable};
-use super::{HowToRun, Launch, Mode, Priority, TaskSpec};
+use super::{HowToRun, Launch, Mode, Priority, ResourceLimits, TaskSpec};
 use crate::runners;
 
 /// The built-in defaults, in one place.
@@ -60,6 +60,7 @@ struct Options {
     pool_size: Option<u32>,
     max_tasks_per_process: Option<u32>,
     grace_period: Option<Duration>,
+    limits: ResourceLimits,
 }
 
 impl Options {
@@ -84,6 +85,12 @@ impl Options {
                 .max_tasks_per_process
                 .or(fallback.max_tasks_per_process),
             grace_period: self.grace_period.or(fallback.grace_period),
+            limits: ResourceLimits {
+                memory: self.limits.memory.or(fallback.limits.memory),
+                cpu_time: self.limits.cpu_time.or(fallback.limits.cpu_time),
+                open_files: self.limits.open_files.or(fallback.limits.open_files),
+                processes: self.limits.processes.or(fallback.limits.processes),
+            },
         }
     }
 }
@@ -285,6 +292,7 @@ impl Cx<'_> {
             pool_size: o.pool_size.map_or_else(Builtin::pool_size, |n| n as usize),
             max_tasks_per_process: o.max_tasks_per_process,
             grace_period: o.grace_period.unwrap_or(Builtin::GRACE_PERIOD),
+            limits: o.limits,
         })
     }
 
@@ -315,7 +323,40 @@ impl Cx<'_> {
                 "max_tasks_per_process",
             ),
             grace_period: self.duration(t.grace_period.as_ref(), table, "grace_period"),
+            limits: ResourceLimits {
+                memory: self.bytes(t.memory_limit.as_ref(), table, "memory_limit"),
+                cpu_time: self
+                    .duration(t.cpu_time_limit.as_ref(), table, "cpu_time_limit")
+                    .and_then(|d| self.at_least_a_second(d, t.cpu_time_limit.as_ref(), table)),
+                open_files: self
+                    .positive(t.max_open_files.as_ref(), table, "max_open_files")
+                    .map(u64::from),
+                processes: self
+                    .positive(t.max_processes.as_ref(), table, "max_processes")
+                    .map(u64::from),
+            },
         }
+    }
+
+    /// A CPU time limit is counted by the kernel in whole seconds.
+    fn at_least_a_second(
+        &mut self,
+        limit: Duration,
+        value: Option<&Spanned<toml::Value>>,
+        table: &str,
+    ) -> Option<Duration> {
+        if limit >= Duration::from_secs(1) {
+            return Some(limit);
+        }
+        if let Some(value) = value {
+            self.err(
+                value.span(),
+                table,
+                Some("cpu_time_limit"),
+                "`cpu_time_limit` must be at least 1s (the kernel counts CPU time in seconds)",
+            );
+        }
+        None
     }
 
     /// Checks that exactly one way to run is given and builds the launch line.

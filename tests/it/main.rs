@@ -14,5 +14,6 @@ mod oneshot;
 mod pool;
 mod python_client;
 mod python_runner;
+mod resource_limits;
 mod security;
 mod subworkers;

@@ -301,3 +301,45 @@ fn a_bad_way_to_run_does_not_hide_bad_options() {
     assert_contains(&err, "tasks.toml:2:10: [tasks.a] key `script`");
     assert_contains(&err, "tasks.toml:3:11: [tasks.a] key `timeout`");
 }
+
+#[test]
+fn resource_limits_are_read_and_checked() {
+    let fx = Fixture::new(
+        r#"
+[defaults]
+max_open_files = 256
+
+[tasks.a]
+command = ["true"]
+memory_limit = "256MiB"
+cpu_time_limit = "30s"
+max_processes = 64
+"#,
+    );
+    let spec = fx.spec("a");
+    assert_eq!(spec.limits.memory, Some(256 << 20));
+    assert_eq!(
+        spec.limits.cpu_time,
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(spec.limits.open_files, Some(256));
+    assert_eq!(spec.limits.processes, Some(64));
+    let err = load_error(
+        r#"
+[tasks.a]
+command = ["true"]
+memory_limit = "lots"
+cpu_time_limit = "500ms"
+max_processes = 0
+"#,
+    );
+    assert_contains(&err, "key `memory_limit`: invalid size \"lots\"");
+    assert_contains(
+        &err,
+        "key `cpu_time_limit`: `cpu_time_limit` must be at least 1s",
+    );
+    assert_contains(
+        &err,
+        "key `max_processes`: `max_processes` must be at least 1",
+    );
+}
