@@ -32,6 +32,14 @@ pub struct TaskProcess {
     pub stderr: ChildStderr,
 }
 
+/// Variables of fastworker's own that tasks do not inherit.
+pub const SECRET_VARS: [&str; 4] = [
+    "FASTWORKER_AUTH_TOKEN",
+    "FASTWORKER_AUTH_TOKEN_FILE",
+    "FASTWORKER_WORKER_TOKEN",
+    "FASTWORKER_WORKER_TOKEN_FILE",
+];
+
 /// Names, in a task process's environment, what started it (see
 /// [`kill_strays`]).
 pub const OWNER_VAR: &str = "FASTWORKER_OWNER";
@@ -114,6 +122,12 @@ pub fn spawn(
         .process_group(0);
     if !spec.inherit_env {
         cmd.env_clear();
+    }
+    // The control plane's own secrets do not pass to tasks (a task's output
+    // goes back to whoever submitted it); a task that needs one names it in
+    // its `env`.
+    for secret in SECRET_VARS {
+        cmd.env_remove(secret);
     }
     cmd.envs(&spec.env);
     cmd.envs(

@@ -1,10 +1,12 @@
 //! fastworker's integration tests: one binary, shared helpers, real child
 //! processes and real files in temp dirs.
 
+mod bad_input;
 mod cli;
 mod cli_remote;
 mod control_plane;
 mod durability;
+mod fuzz;
 mod helpers;
 mod journal;
 mod limits;

@@ -284,3 +284,34 @@ async fn the_command_line_sends_the_token_from_a_file_or_the_environment() {
     assert!(!String::from_utf8_lossy(&o.stdout).contains(CLIENT_TOKEN));
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_do_not_inherit_the_tokens_unless_their_manifest_names_them() {
+    let fx = Fixture::new(
+        "[tasks.env]\ncommand = [\"python3\", \"print_env.py\"]\n\n\
+         [tasks.named]\ncommand = [\"python3\", \"print_env.py\"]\nenv = { FASTWORKER_AUTH_TOKEN = \"given-on-purpose-0123\" }\n",
+    );
+    let manifest = fx.manifest_path().display().to_string();
+    let run = |task: &'static str| {
+        let manifest = manifest.clone();
+        async move {
+            let o = fastworker(
+                &["run", "--manifest", &manifest, task],
+                &[
+                    ("FASTWORKER_AUTH_TOKEN", CLIENT_TOKEN),
+                    ("FASTWORKER_WORKER_TOKEN", WORKER_TOKEN),
+                ],
+            )
+            .await;
+            let result: serde_json::Value =
+                serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+            result["env"].clone()
+        }
+    };
+    let env = run("env").await;
+    assert!(env.get("FASTWORKER_AUTH_TOKEN").is_none(), "{env}");
+    assert!(env.get("FASTWORKER_WORKER_TOKEN").is_none(), "{env}");
+    assert!(env.get("PATH").is_some());
+    let env = run("named").await;
+    assert_eq!(env["FASTWORKER_AUTH_TOKEN"], "given-on-purpose-0123");
+}
