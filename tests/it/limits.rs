@@ -70,6 +70,11 @@ async fn a_message_over_the_limit_is_never_read_into_memory() {
         assert!(sent.is_err(), "no reply to a message over the limit");
     }
     let after = peak_rss(pid);
+    eprintln!(
+        "three 200 MB messages over a 1 MiB limit: peak RSS {:.1} MiB before, {:.1} MiB after",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
     assert!(
         after < before + (20 << 20),
         "peak memory went from {before} to {after} bytes"
