@@ -28,6 +28,7 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod control_plane;
 pub mod executor;
 pub mod journal;

@@ -260,7 +260,7 @@ pub async fn run(
                         Manage::Result(WorkResult {
                             hello: link.hello.clone(),
                             lease: lease.clone(),
-                            execution: serde_json::to_value(&execution).unwrap_or_default(),
+                            execution,
                         })
                     };
                     let (link, tx) = (link.clone(), events_tx.clone());

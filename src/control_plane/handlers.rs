@@ -371,27 +371,16 @@ pub async fn manage(cx: Arc<Context>, request: Request) -> Vec<u8> {
             protocol::encode(&reply)
         }
         Manage::Result(result) => {
-            let execution =
-                match serde_json::from_value::<crate::executor::Execution>(result.execution) {
-                    Ok(mut execution) => {
-                        // Held to the same bound as a result run here.
-                        if let crate::executor::Outcome::Success { result } = &execution.outcome
-                            && let Err(message) = crate::executor::check_result(result)
-                        {
-                            execution.outcome = crate::executor::Outcome::InvalidOutput {
-                                message,
-                                head: String::new(),
-                            };
-                        }
-                        Box::new(execution)
-                    }
-                    Err(e) => {
-                        return protocol::encode(&Applied {
-                            applied: false,
-                            error: Some(format!("not a run record: {e}")),
-                        });
-                    }
+            let mut execution = Box::new(result.execution);
+            // Held to the same bound as a result run here.
+            if let crate::executor::Outcome::Success { result } = &execution.outcome
+                && let Err(message) = crate::executor::check_result(result)
+            {
+                execution.outcome = crate::executor::Outcome::InvalidOutput {
+                    message,
+                    head: String::new(),
                 };
+            }
             let reply = core
                 .ask(|respond| Command::WorkResult {
                     hello: result.hello,

@@ -9,6 +9,7 @@
 
 mod callbacks;
 mod core;
+pub mod events;
 pub mod handlers;
 mod queue;
 mod results;
@@ -123,6 +124,8 @@ pub struct ControlPlane {
     /// What the socket handlers share (the tokens, and the requests they
     /// turned away, among it).
     pub sockets: Arc<handlers::Context>,
+    /// What happens in it, as it happens (see [`events`]).
+    pub events: events::Events,
     tasks: JoinSet<()>,
 }
 
@@ -203,6 +206,7 @@ pub async fn start(
     };
     let executor = Arc::new(executor);
     let (tx, rx) = mpsc::channel(4096);
+    let events = events::Events::default();
     let mut core = self::core::Core::new(
         Arc::clone(&manifest),
         Arc::clone(&executor),
@@ -220,6 +224,7 @@ pub async fn start(
         ),
         tx.clone(),
         journal,
+        events.clone(),
     );
     let quarantined = replay.quarantined.clone();
     core.restore(replay, &strays.task_ids);
@@ -280,6 +285,7 @@ pub async fn start(
         quarantined,
         guard,
         sockets: cx,
+        events,
         tasks,
     })
 }

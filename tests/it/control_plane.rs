@@ -10,8 +10,8 @@ use fastworker::protocol::Status;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Fixture, KillOnDrop, TestControlPlane, assert_contains, process_alive, read_pid, wait_for,
-    wire_task,
+    Fixture, KillOnDrop, TestControlPlane, assert_contains, json_attempts, process_alive, read_pid,
+    wait_for, wire_task,
 };
 
 const MANIFEST: &str = r#"
@@ -229,7 +229,7 @@ async fn status_answers_every_state() {
     cp.wait_status(&queued.task_id, Status::Success).await;
     let done = cp.record(&queued.task_id).await;
     assert_eq!(done.attempts.len(), 1);
-    assert_eq!(done.attempts[0]["status"], "success");
+    assert_eq!(json_attempts(&done)[0]["status"], "success");
 
     // retrying: the first attempt failed and the next waits an hour.
     let flaky = cp.ack("flaky", vec![], None).await;
@@ -547,8 +547,8 @@ async fn retries_run_out_with_the_last_error_and_every_attempt_recorded() {
     assert_eq!(r.status, Status::Failure);
     assert_eq!(r.error.as_deref(), Some("failed (exit code 7)"));
     let record = cp.record(&r.task_id).await;
-    let attempts: Vec<(u64, &str)> = record
-        .attempts
+    let json = json_attempts(&record);
+    let attempts: Vec<(u64, &str)> = json
         .iter()
         .map(|a| {
             (
@@ -558,7 +558,7 @@ async fn retries_run_out_with_the_last_error_and_every_attempt_recorded() {
         })
         .collect();
     assert_eq!(attempts, [(1, "failed"), (2, "failed"), (3, "failed")]);
-    for a in &record.attempts {
+    for a in &json_attempts(&record) {
         assert_eq!(a["stderr"], "giving up\n");
         assert!(a["started_at"].is_string() && a["finished_at"].is_string());
     }
@@ -580,5 +580,56 @@ async fn a_batch_repeating_an_id_is_refused() {
         reply.error.unwrap_or_default(),
         format!("task id {} appears twice in one submit", task.id)
     );
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_events_of_a_hundred_tasks_all_come_in_order() {
+    use fastworker::control_plane::events::{Event, TaskChange};
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let mut events = cp.events.subscribe();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let ack = cp.ack("record", vec![json!(i)], None).await;
+        assert!(ack.accepted);
+        ids.push(ack.task_id);
+    }
+    for id in &ids {
+        cp.wait_status(id, Status::Success).await;
+    }
+    let (mut counts, mut last) = (std::collections::BTreeMap::new(), 0);
+    while let Ok(stamped) = events.try_recv() {
+        assert_eq!(stamped.id, last + 1, "no gap, no repeat");
+        last = stamped.id;
+        if let Event::Task(task) = &stamped.event {
+            assert!(ids.contains(&task.task_id));
+            let change = match &task.change {
+                TaskChange::Accepted => "accepted",
+                TaskChange::Queued => "queued",
+                TaskChange::Started { worker: None, .. } => "started here",
+                TaskChange::Finished { .. } if task.to == Status::Success => "succeeded",
+                other => panic!("unexpected {other:?}"),
+            };
+            *counts.entry(change).or_insert(0) += 1;
+        }
+    }
+    let expected: std::collections::BTreeMap<&str, i32> = [
+        ("accepted", 100),
+        ("queued", 100),
+        ("started here", 100),
+        ("succeeded", 100),
+    ]
+    .into();
+    assert_eq!(counts, expected);
+    let counters = cp.events.counters();
+    assert_eq!((counters.accepted, counters.started), (100, 100));
+    assert_eq!(counters.finished.get("success"), Some(&100));
+    assert!(
+        counters.current.values().all(|n| *n == 0),
+        "{:?}",
+        counters.current
+    );
+    assert_eq!(counters.run_seconds["record"].count, 100);
     cp.stop().await;
 }

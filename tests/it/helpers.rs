@@ -78,6 +78,15 @@ pub async fn run_once(spec: &Arc<TaskSpec>, args: Vec<Value>) -> Execution {
     execution
 }
 
+/// A record's attempts as the wire shows them (`status --json`).
+pub fn json_attempts(record: &fastworker::protocol::TaskRecord) -> Vec<Value> {
+    record
+        .attempts
+        .iter()
+        .map(|a| serde_json::to_value(a).expect("an attempt is JSON"))
+        .collect()
+}
+
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
 pub async fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -163,6 +172,7 @@ pub struct TestControlPlane {
     pub core: fastworker::control_plane::CoreHandle,
     pub guard: Arc<fastworker::transport::Guard>,
     pub sockets: Arc<fastworker::control_plane::handlers::Context>,
+    pub events: fastworker::control_plane::events::Events,
     shutdown: CancellationToken,
     running: Option<fastworker::control_plane::ControlPlane>,
 }
@@ -195,6 +205,7 @@ impl TestControlPlane {
                         core: running.core.clone(),
                         guard: Arc::clone(&running.guard),
                         sockets: Arc::clone(&running.sockets),
+                        events: running.events.clone(),
                         shutdown,
                         running: Some(running),
                     };

@@ -11,7 +11,8 @@ use fastworker::transport::Requester;
 use serde_json::json;
 
 use crate::helpers::{
-    Fixture, TestControlPlane, assert_contains, spawn_control_plane_with, wait_for_async, wire_task,
+    Fixture, TestControlPlane, assert_contains, json_attempts, spawn_control_plane_with,
+    wait_for_async, wire_task,
 };
 
 const MANIFEST: &str = r#"
@@ -313,12 +314,12 @@ async fn a_task_that_cannot_start_for_want_of_descriptors_runs_later_without_usi
         .expect("status")
         .task
         .expect("task");
-    let first = &task.attempts[0];
+    let first = &json_attempts(&task)[0];
     assert_eq!(first["status"], "spawn_failed");
     assert_eq!(first["transient"], true);
     assert_contains(first["error"].as_str().unwrap_or_default(), "open files");
     assert_eq!(
-        task.attempts.last().map(|a| a["status"].clone()),
+        json_attempts(&task).last().map(|a| a["status"].clone()),
         Some(json!("success"))
     );
     drop(logged);

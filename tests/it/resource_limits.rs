@@ -9,7 +9,7 @@ use fastworker::executor::{Executor, Limit, Outcome};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Fixture, assert_contains, request};
+use crate::helpers::{Fixture, assert_contains, json_attempts, request};
 
 const MANIFEST: &str = r#"
 [tasks.hog]
@@ -217,7 +217,7 @@ async fn the_control_plane_reports_the_limit_in_the_failure() {
         "memory limit 256 MiB",
     );
     let record = cp.record(&r.task_id).await;
-    assert_eq!(record.attempts[0]["status"], "limit_exceeded");
-    assert_eq!(record.attempts[0]["limit"], "memory");
+    assert_eq!(json_attempts(&record)[0]["status"], "limit_exceeded");
+    assert_eq!(json_attempts(&record)[0]["limit"], "memory");
     cp.stop().await;
 }

@@ -9,8 +9,9 @@ use fastworker::protocol::{Status, TaskRecord, WorkerInfo};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    BIN, Fixture, KillOnDrop, Logged, assert_contains, process_alive, spawn_control_plane_at,
-    spawn_control_plane_with, spawn_logged, wait_for, wait_for_async, wire_task,
+    BIN, Fixture, KillOnDrop, Logged, assert_contains, json_attempts, process_alive,
+    spawn_control_plane_at, spawn_control_plane_with, spawn_logged, wait_for, wait_for_async,
+    wire_task,
 };
 
 /// The control plane's manifest. Subworkers get the same one, plus what
@@ -121,7 +122,7 @@ async fn submit(client: &Client, name: &str, priority: Option<Priority>) -> Stri
 }
 
 fn attempt_workers(r: &TaskRecord) -> Vec<(String, String)> {
-    r.attempts
+    json_attempts(r)
         .iter()
         .map(|a| {
             (
@@ -310,7 +311,7 @@ async fn a_subworker_killed_mid_task_has_its_task_run_elsewhere_within_5_s() {
     assert_eq!(done.status, Status::Success, "{done:?}");
     let statuses: Vec<String> = attempt_workers(&done).into_iter().map(|(s, _)| s).collect();
     assert_eq!(statuses, ["lost", "success"], "{done:?}");
-    assert_eq!(done.attempts[1]["worker"], other);
+    assert_eq!(json_attempts(&done)[1]["worker"], other);
     eprintln!("re-run {after:?} after the kill");
 }
 

@@ -15,6 +15,15 @@ use serde_json::{Map, Value};
 
 use crate::manifest::Priority;
 
+mod manage;
+mod record;
+
+pub use self::manage::{
+    Applied, Hello, Lease, Manage, POLL_HOLD_MS, Poll, PollReply, Registered, Registration,
+    Release, TaskOffer, WorkResult,
+};
+pub use self::record::{Attempt, CutShort, Status, TaskRecord};
+
 /// The largest message a control plane reads by default
 /// (`--max-message-size`): results are capped at 16 MiB by default, and a
 /// batch may carry many tasks. NNG enforces it before a message is read.
@@ -59,23 +68,6 @@ pub fn encode_authed<T: Serialize>(message: &T, auth: Option<&str>) -> Vec<u8> {
     match auth {
         None => encode(message),
         Some(_) => encode(&With { message, auth }),
-    }
-}
-
-impl Manage {
-    pub fn decode(bytes: &[u8]) -> Result<Authed<Manage>, String> {
-        #[derive(Deserialize)]
-        struct Envelope {
-            #[serde(default)]
-            auth: Option<String>,
-            #[serde(flatten)]
-            message: Manage,
-        }
-        let envelope: Envelope = decode(bytes)?;
-        Ok(Authed {
-            message: envelope.message,
-            auth: envelope.auth,
-        })
     }
 }
 
@@ -329,39 +321,6 @@ impl Query {
     }
 }
 
-/// A task's state, with FastWorker's `TaskStatus` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Queued,
-    /// Waiting for its `eta`.
-    Scheduled,
-    Running,
-    /// Waiting before its next attempt.
-    Retrying,
-    Success,
-    Failure,
-    Cancelled,
-}
-
-impl Status {
-    pub fn is_final(self) -> bool {
-        matches!(self, Status::Success | Status::Failure | Status::Cancelled)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Scheduled => "scheduled",
-            Status::Running => "running",
-            Status::Retrying => "retrying",
-            Status::Success => "success",
-            Status::Failure => "failure",
-            Status::Cancelled => "cancelled",
-        }
-    }
-}
-
 /// FastWorker's `TaskResult`: the reply to a blocking submit and the payload
 /// of a result query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -426,99 +385,6 @@ pub struct CancelReply {
     pub error: Option<String>,
 }
 
-/// fastworker extension: everything known about a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskRecord {
-    pub task_id: String,
-    pub name: String,
-    pub status: Status,
-    pub priority: Priority,
-    pub args: Vec<Value>,
-    pub kwargs: Map<String, Value>,
-    pub submitted_at: DateTime<Utc>,
-    #[serde(default)]
-    pub eta: Option<DateTime<Utc>>,
-    /// When the first attempt started.
-    #[serde(default)]
-    pub started_at: Option<DateTime<Utc>>,
-    /// While an attempt runs: when it started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt_started_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub result: Value,
-    #[serde(default)]
-    pub error: Option<String>,
-    /// Every attempt so far, each the executor's record of one run.
-    #[serde(default)]
-    pub attempts: Vec<Value>,
-    #[serde(default)]
-    pub callback: Option<Value>,
-    /// For a finished task with a callback: whether it was delivered
-    /// (`false`: given up after every try). Absent while it is on its way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub callback_sent: Option<bool>,
-    /// While an attempt runs on a subworker: that worker, and the lease it
-    /// runs under (kept in the journal, so that a restarted control plane
-    /// gives the worker back its lease instead of running the task again).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<String>,
-}
-
-impl TaskRecord {
-    /// The FastWorker view of this record.
-    pub fn task_result(&self) -> TaskResult {
-        TaskResult {
-            task_id: self.task_id.clone(),
-            status: self.status,
-            result: self.result.clone(),
-            error: self.error.clone(),
-            started_at: self.started_at,
-            completed_at: self.finished_at,
-            callback: self.callback.clone(),
-            refused: false,
-        }
-    }
-}
-
-impl TaskRecord {
-    /// A task just submitted now: no arguments, no attempt, no result.
-    pub fn new(task_id: String, name: String, priority: Priority, status: Status) -> TaskRecord {
-        TaskRecord {
-            task_id,
-            name,
-            status,
-            priority,
-            args: Vec::new(),
-            kwargs: Map::new(),
-            submitted_at: Utc::now(),
-            eta: None,
-            started_at: None,
-            attempt_started_at: None,
-            finished_at: None,
-            result: Value::Null,
-            error: None,
-            attempts: Vec::new(),
-            callback: None,
-            callback_sent: None,
-            worker: None,
-            lease: None,
-        }
-    }
-
-    /// An `add(1, 2)` record, for unit tests.
-    #[cfg(test)]
-    pub fn sample(task_id: &str, status: Status) -> TaskRecord {
-        TaskRecord {
-            args: vec![Value::from(1), Value::from(2)],
-            ..TaskRecord::new(task_id.into(), "add".into(), Priority::High, status)
-        }
-    }
-}
-
 /// fastworker extension: the reply to a status query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
@@ -549,150 +415,6 @@ pub struct TaskInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReply {
     pub error: String,
-}
-
-// ---------------------------------------------------------------------------
-// Subworkers, on the management socket (base+5). fastworker's own protocol:
-// FastWorker 0.3.0's subworker crashed at start, so there is nothing to be
-// compatible with. Subworkers only dial out; the control plane never
-// connects to them, so only its ports need to be reachable.
-// ---------------------------------------------------------------------------
-
-/// What a subworker sends to the management socket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Manage {
-    /// Answered with [`Registered`].
-    Register(Registration),
-    /// A heartbeat that also asks for work: held until there is work for it,
-    /// a cancel, or [`POLL_HOLD_MS`]; answered with [`PollReply`].
-    Poll(Poll),
-    /// A leased task's run ended; answered with [`Applied`].
-    Result(WorkResult),
-    /// A leased task is handed back unfinished (the subworker is stopping);
-    /// answered with [`Applied`].
-    Release(Release),
-    /// The subworker is leaving; answered with [`Applied`].
-    Deregister(Hello),
-}
-
-/// The longest a poll is held before it is answered with no work: also the
-/// heartbeat interval, since an idle subworker polls again at once.
-pub const POLL_HOLD_MS: u64 = 1000;
-
-/// Who is speaking: a worker id and the session (one per process start).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    pub worker_id: String,
-    pub session: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Registration {
-    #[serde(flatten)]
-    pub hello: Hello,
-    /// Where it runs, for people (`fastworker workers`): its host and pid, or
-    /// the `--base-address` it was given.
-    pub address: String,
-    /// Tasks it runs at once.
-    pub capacity: usize,
-    /// Each task it can run, with what the control plane needs to schedule it.
-    pub tasks: std::collections::BTreeMap<String, TaskOffer>,
-    /// Leases it holds (still running, or with a result not yet acknowledged):
-    /// after a restart of the control plane, these stay its.
-    #[serde(default)]
-    pub running: Vec<String>,
-}
-
-/// A task as a subworker defines it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskOffer {
-    /// A digest of the task's definition: two workers (or a worker and the
-    /// control plane) with different digests define the task differently.
-    pub digest: String,
-    pub priority: Priority,
-    pub retries: u32,
-    pub retry_backoff_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Registered {
-    pub registered: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Definitions that differ from the control plane's or another worker's.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    /// Leases it named that are no longer its: stop them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cancel: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Poll {
-    #[serde(flatten)]
-    pub hello: Hello,
-    /// Counts up by one per poll: a lease sent in the reply to an earlier
-    /// poll and not in `running` never arrived.
-    pub seq: u64,
-    /// Leases it holds (see [`Registration::running`]).
-    #[serde(default)]
-    pub running: Vec<String>,
-    /// Stopping: send it no more work.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub draining: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct PollReply {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tasks: Vec<Lease>,
-    /// Leases to stop (cancelled, or no longer its).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cancel: Vec<String>,
-    /// The control plane does not know this worker (it restarted, or marked
-    /// the worker inactive): register again.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub reregister: bool,
-}
-
-/// A task handed to a subworker: it runs `request` under this lease.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Lease {
-    pub lease: String,
-    /// What the task process gets (`task_id`, `name`, `args`, `kwargs`,
-    /// `attempt`, flattened into the lease).
-    #[serde(flatten)]
-    pub request: crate::executor::TaskRequest,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkResult {
-    #[serde(flatten)]
-    pub hello: Hello,
-    pub lease: String,
-    /// The executor's record of the run (`Execution`).
-    pub execution: Value,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Release {
-    #[serde(flatten)]
-    pub hello: Hello,
-    pub lease: String,
-    pub reason: String,
-}
-
-/// Whether a result, release or deregister took effect. `applied: false`
-/// with no error: the lease had been revoked (the task runs elsewhere), and
-/// the report is dropped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Applied {
-    pub applied: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// fastworker extension: one worker as `{"action": "workers"}` lists it.
