@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::commands::{EXIT_FAILED, EXIT_UNUSABLE};
-use super::remote::{SubmitArgs, unreachable};
+use super::args::{SubmitArgs, countdown_eta};
+use super::error::{CliError, CliResult, EXIT_FAILED};
 use crate::manifest::Priority;
 use crate::protocol::{self, WireTask};
 
@@ -34,18 +34,13 @@ struct Spec {
 /// Reads and checks the whole file first (an error names its line), then
 /// sends it in messages of `--batch-size` tasks, each accepted whole or not
 /// at all, and prints the ids of the accepted tasks.
-pub async fn submit_batch(args: &SubmitArgs, file: &Path) -> u8 {
-    let tasks = match read(file, args.priority) {
-        Ok(tasks) => tasks,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_UNUSABLE;
-        }
-    };
-    let client = match args.connect.client().await {
-        Ok(client) => client,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
+pub async fn submit_batch(args: &SubmitArgs, file: &Path) -> CliResult {
+    let tasks = read(file, args.priority).map_err(CliError::Unusable)?;
+    let client = args
+        .connect
+        .client()
+        .await
+        .map_err(|e| CliError::unreachable(&e, &args.connect))?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(tasks.len() as u64);
         bar.set_style(
@@ -75,39 +70,40 @@ pub async fn submit_batch(args: &SubmitArgs, file: &Path) -> u8 {
                 if let Some(bar) = &bar {
                     bar.abandon();
                 }
-                eprintln!(
-                    "error: tasks {}–{} refused: {} ({accepted} of {} accepted before them)",
+                let error = format!(
+                    "tasks {}–{} refused: {} ({accepted} of {} accepted before them)",
                     accepted + 1,
                     accepted + chunk.len(),
                     reply.error.unwrap_or_default(),
                     tasks.len()
                 );
-                return if accepted == 0 {
-                    EXIT_UNUSABLE
+                return Err(if accepted == 0 {
+                    CliError::Unusable(error)
                 } else {
-                    EXIT_FAILED
-                };
+                    CliError::Failed(error)
+                });
             }
             Err(e) => {
                 if let Some(bar) = &bar {
                     bar.abandon();
                 }
-                let code = unreachable(&e, &args.connect);
+                let unreachable = CliError::unreachable(&e, &args.connect);
                 if accepted == 0 {
-                    return code;
+                    return Err(unreachable);
                 }
+                unreachable.print();
                 eprintln!(
                     "{accepted} of {} tasks were accepted before that",
                     tasks.len()
                 );
-                return EXIT_FAILED;
+                return Err(CliError::Exit(EXIT_FAILED));
             }
         }
     }
     if let Some(bar) = bar {
         bar.finish();
     }
-    0
+    Ok(())
 }
 
 fn read(file: &Path, priority: Option<Priority>) -> Result<Vec<WireTask>, String> {
@@ -127,7 +123,7 @@ fn read(file: &Path, priority: Option<Priority>) -> Result<Vec<WireTask>, String
         let at = |e: String| format!("{name}:{}: {e}", n + 1);
         let spec: Spec = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
         let eta = match (spec.countdown, spec.eta) {
-            (Some(secs), _) => Some(super::remote::countdown_eta(secs).ok_or_else(|| {
+            (Some(secs), _) => Some(countdown_eta(secs).ok_or_else(|| {
                 at(format!(
                     "countdown takes seconds from now, from 0 up to 100 years (got {secs:e})"
                 ))

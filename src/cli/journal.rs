@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::commands::{EXIT_FAILED, EXIT_UNUSABLE};
+use super::error::{CliError, CliResult, EXIT_FAILED};
 use crate::journal::recover;
 
 #[derive(Debug, Args)]
@@ -36,7 +36,7 @@ pub struct DataDirArgs {
     pub json: bool,
 }
 
-pub fn journal(args: &JournalArgs) -> u8 {
+pub fn journal(args: &JournalArgs) -> CliResult {
     let (report, repairing) = match &args.action {
         JournalAction::Check(a) => (recover::check(&a.data_dir), false),
         JournalAction::Repair(a) => (recover::repair(&a.data_dir), true),
@@ -44,13 +44,7 @@ pub fn journal(args: &JournalArgs) -> u8 {
     let json = match &args.action {
         JournalAction::Check(a) | JournalAction::Repair(a) => a.json,
     };
-    let report = match report {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_UNUSABLE;
-        }
-    };
+    let report = report.map_err(|e| CliError::Unusable(e.to_string()))?;
     if json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
@@ -61,7 +55,7 @@ pub fn journal(args: &JournalArgs) -> u8 {
             if !json {
                 println!("ok: every acknowledged change is readable");
             }
-            0
+            Ok(())
         }
         (false, false, _) => {
             if !json {
@@ -69,19 +63,19 @@ pub fn journal(args: &JournalArgs) -> u8 {
                     "the control plane will not start on this journal: stop it (if it runs) and run `fastworker journal repair`"
                 );
             }
-            EXIT_FAILED
+            Err(CliError::Exit(EXIT_FAILED))
         }
         (true, _, None) => {
             if !json {
                 println!("nothing to repair");
             }
-            0
+            Ok(())
         }
         (true, _, Some(_)) => {
             if !json {
                 println!("repaired: the journal now holds every readable record");
             }
-            0
+            Ok(())
         }
     }
 }

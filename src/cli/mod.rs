@@ -1,24 +1,31 @@
-//! The command line: argument definitions, logging setup, and the mapping of
-//! outcomes and errors to exit codes. Commands call the library and print.
+//! The command line: the commands, logging setup, and the one place where
+//! a command's outcome becomes an exit code ([`main`]). Commands call the
+//! library, print what they have to say, and return a [`CliResult`]; their
+//! errors are printed here.
 //!
-//! Exit codes: 0 success; 1 the task ran and did not succeed (or `check`
-//! found problems, or `status`/`cancel` found no such task); 2 it could not
-//! be run or submitted (bad manifest, unknown task, bad arguments, queue
-//! full, control plane unreachable or shutting down); 124 `submit` stopped
-//! waiting before the task ended; 130 interrupted by Ctrl-C.
+//! Layout (no module here imports a sibling that imports it back):
+//! [`args`], [`error`] and [`output`] are leaves every command uses;
+//! [`local`] (`run`, `list`, `check`), [`remote`] (`submit`, `status`,
+//! `cancel`, `list --remote`, `workers`), [`batch`] (`submit --batch`),
+//! [`serve`] (`control-plane`, `subworker`) and [`journal`] are the
+//! commands; this file dispatches to them.
 
 mod args;
 mod batch;
-mod commands;
+mod error;
 mod journal;
+mod local;
+mod output;
 mod remote;
 mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+use self::args::{ListArgs, RunArgs, SubmitArgs, TaskIdArgs, WorkersArgs};
+use self::error::CliResult;
 
 /// fastworker: a brokerless task runner. Tasks are declared in tasks.toml and
 /// run as child processes, JSON in on stdin, JSON out on stdout.
@@ -47,50 +54,19 @@ pub enum Command {
     /// Start a subworker: run tasks a control plane hands out, from this manifest
     Subworker(serve::SubworkerArgs),
     /// Show a control plane's workers: itself and its subworkers
-    Workers(remote::WorkersArgs),
+    Workers(WorkersArgs),
     /// Submit a task to a control plane and print its result
-    Submit(remote::SubmitArgs),
+    Submit(SubmitArgs),
     /// Show a task's state and result on a control plane
-    Status(remote::TaskIdArgs),
+    Status(TaskIdArgs),
     /// Cancel a task on a control plane (queued, scheduled, retrying or running)
-    Cancel(remote::TaskIdArgs),
+    Cancel(TaskIdArgs),
     /// List the tasks the manifest defines (or, with --remote, a control plane runs)
     List(ListArgs),
     /// Validate the manifest: exit 0 if it is valid, 1 if not
     Check,
     /// Check or repair a control plane's journal (its data dir)
     Journal(journal::JournalArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// The task's name in the manifest
-    pub task: String,
-    /// Arguments: each is JSON where it is valid JSON (5, true, '{"a":1}'),
-    /// otherwise a string. Put `--` before arguments that start with `-`.
-    #[arg(allow_negative_numbers = true)]
-    pub args: Vec<String>,
-    /// A keyword argument, key=value (value parsed like an argument); repeatable
-    #[arg(long = "kwarg", value_name = "KEY=VALUE")]
-    pub kwargs: Vec<String>,
-    /// Print the whole result record as JSON (status, result, error, timings, attempts)
-    #[arg(long)]
-    pub json: bool,
-    /// Override the task's timeout: 30s, 2m, 1h 30m, or a number of seconds
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub timeout: Option<Duration>,
-}
-
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Print the tasks as JSON
-    #[arg(long)]
-    pub json: bool,
-    /// Ask a running control plane instead of reading the manifest
-    #[arg(long)]
-    pub remote: bool,
-    #[command(flatten)]
-    pub connect: remote::ConnectArgs,
 }
 
 /// Parses the command line, runs the command and returns the exit code.
@@ -116,11 +92,36 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(error::EXIT_UNUSABLE);
         }
     };
-    let code = runtime.block_on(commands::dispatch(cli));
-    ExitCode::from(code)
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            e.print();
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> CliResult {
+    let manifest = cli.manifest.as_deref();
+    match cli.command {
+        Command::Run(args) => local::run(manifest, args).await,
+        Command::ControlPlane(args) => serve::control_plane(manifest, args).await,
+        Command::Subworker(args) => serve::subworker(manifest, args).await,
+        Command::Workers(args) => remote::workers(&args).await,
+        Command::Submit(args) => match &args.batch {
+            Some(file) => batch::submit_batch(&args, file).await,
+            None => remote::submit(args).await,
+        },
+        Command::Status(args) => remote::status(args).await,
+        Command::Cancel(args) => remote::cancel(args).await,
+        Command::List(args) if args.remote => remote::list(&args).await,
+        Command::List(args) => local::list(manifest, &args),
+        Command::Check => local::check(manifest),
+        Command::Journal(args) => journal::journal(&args),
+    }
 }
 
 /// Lets commands that only print die quietly when their output is closed
@@ -133,49 +134,6 @@ fn quiet_on_broken_pipe() {
     // SAFETY: called at start-up, before any thread is spawned; SIG_DFL
     // installs no handler code.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-}
-
-/// Text from a task or a control plane, safe to print on a terminal:
-/// control characters other than newline and tab are shown escaped
-/// (`\u{1b}`), so that output cannot move the cursor, recolor or retitle.
-pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
-/// A size: `64MiB`, `1.5GB`, or a number of bytes; above 0.
-pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
-    let bytes = text
-        .trim()
-        .parse::<bytesize::ByteSize>()
-        .map_err(|e| format!("{e} (write e.g. 64MiB, or a number of bytes)"))?
-        .as_u64();
-    match usize::try_from(bytes) {
-        Ok(0) => Err("a size must be above 0".to_owned()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("{bytes} bytes is too large")),
-    }
-}
-
-/// A duration as the manifest takes it: humantime (`30s`) or seconds (`30`, `0.5`).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    match text.trim().parse::<f64>() {
-        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|e| e.to_string()),
-        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
-    }
 }
 
 fn init_tracing(level: Option<&str>) {

@@ -1,232 +1,55 @@
 //! The commands that talk to a control plane: `submit`, `status`, `cancel`,
-//! `list --remote`.
+//! `list --remote`, `workers`.
 
-use std::time::Duration;
-
-use clap::Args;
 use serde_json::Value;
 
-use super::ListArgs;
-use super::args::{parse_arg, parse_kwargs};
-use super::commands::{EXIT_FAILED, EXIT_UNUSABLE, print_table};
-use super::{parse_duration, shown};
+use super::args::{
+    ConnectArgs, ListArgs, SubmitArgs, TaskIdArgs, WorkersArgs, countdown_eta, parse_arg,
+    parse_kwargs,
+};
+use super::error::{CliError, CliResult, EXIT_FAILED, EXIT_UNUSABLE};
+use super::output::{print_table, shown};
 use crate::client::{Client, ClientError};
-use crate::manifest::Priority;
 use crate::protocol::{Status, StatusReply, WireTask};
 
-/// Exit code when a blocking submit stops waiting before the task ends.
-const EXIT_STILL_RUNNING: u8 = 124;
-
-#[derive(Debug, Clone, Args)]
-pub struct ConnectArgs {
-    /// The control plane's base address
-    #[arg(
-        long,
-        env = "FASTWORKER_BASE_ADDRESS",
-        default_value = crate::protocol::DEFAULT_BASE_ADDRESS
-    )]
-    pub base_address: String,
-    /// Find the control plane through its announcements on this address instead
-    #[arg(long, value_name = "ADDRESS")]
-    pub discovery_address: Option<String>,
-    /// How long to wait for the control plane to answer a query
-    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
-    pub connect_timeout: Duration,
-    #[command(flatten)]
-    pub token: TokenArgs,
+/// A client of the control plane `connect` names.
+async fn connect(connect: &ConnectArgs) -> Result<Client, CliError> {
+    connect
+        .client()
+        .await
+        .map_err(|e| CliError::unreachable(&e, connect))
 }
 
-impl ConnectArgs {
-    pub(super) async fn client(&self) -> Result<Client, ClientError> {
-        let token = self.token.token().map_err(ClientError::Address)?;
-        let client = match &self.discovery_address {
-            Some(discovery) => Client::discover(discovery, self.connect_timeout).await,
-            None => Client::new(&self.base_address, self.connect_timeout),
-        }?;
-        Ok(client.with_auth(token))
-    }
-}
-
-/// The token a control plane requires of every request (see
-/// docs/security.md). The value on the command line shows in `ps`: prefer
-/// the file or the environment.
-#[derive(Debug, Clone, Args)]
-pub struct TokenArgs {
-    /// The control plane's token, sent with every request
-    #[arg(
-        long,
-        env = "FASTWORKER_AUTH_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub auth_token: Option<String>,
-    /// Read the token from this file (its first line)
-    #[arg(
-        long,
-        env = "FASTWORKER_AUTH_TOKEN_FILE",
-        conflicts_with = "auth_token",
-        value_name = "PATH"
-    )]
-    pub auth_token_file: Option<std::path::PathBuf>,
-}
-
-impl TokenArgs {
-    pub(super) fn token(&self) -> Result<Option<crate::auth::Token>, String> {
-        token_from(self.auth_token.as_deref(), self.auth_token_file.as_deref())
-            .map_err(|e| format!("--auth-token: {e}"))
-    }
-}
-
-/// A token from a flag's value or file, if either is given.
-pub(super) fn token_from(
-    value: Option<&str>,
-    file: Option<&std::path::Path>,
-) -> Result<Option<crate::auth::Token>, String> {
-    match (value, file) {
-        (Some(value), _) => crate::auth::Token::new(value).map(Some),
-        (None, Some(file)) => crate::auth::Token::from_file(file).map(Some),
-        (None, None) => Ok(None),
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct SubmitArgs {
-    /// The task's name (or --task-name)
-    #[arg(required_unless_present_any = ["task_name", "batch"], conflicts_with = "task_name")]
-    pub task: Option<String>,
-    /// Arguments: JSON where valid JSON, otherwise strings (or --args)
-    #[arg(allow_negative_numbers = true)]
-    pub args: Vec<String>,
-    /// The task's name (FastWorker's form)
-    #[arg(long)]
-    pub task_name: Option<String>,
-    /// Arguments (FastWorker's form: --args 5 3)
-    #[arg(long = "args", num_args = 1.., allow_negative_numbers = true, value_name = "ARG")]
-    pub flag_args: Vec<String>,
-    /// A keyword argument, key=value (value parsed like an argument); repeatable
-    #[arg(long = "kwarg", value_name = "KEY=VALUE")]
-    pub kwargs: Vec<String>,
-    /// Priority [default: the task's priority in the control plane's manifest]
-    #[arg(long, value_enum)]
-    pub priority: Option<Priority>,
-    /// Print the task id as soon as the task is accepted, instead of waiting
-    #[arg(long)]
-    pub non_blocking: bool,
-    /// How long to wait for the result (the task goes on running after that)
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
-    pub timeout: Duration,
-    /// The task id to use (a resubmit with a known id never runs it twice) [default: a new UUID]
-    #[arg(long)]
-    pub id: Option<String>,
-    /// Run the task this many seconds from now (answered at once with its id)
-    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["eta", "json", "non_blocking", "timeout"], allow_negative_numbers = true)]
-    pub countdown: Option<f64>,
-    /// Run the task at this time, RFC 3339 (answered at once with its id)
-    #[arg(long, value_name = "TIME", conflicts_with_all = ["json", "non_blocking", "timeout"])]
-    pub eta: Option<String>,
-    /// Submit the tasks in FILE instead (JSON lines: {"task_name", "args",
-    /// "kwargs", "priority", "eta", "countdown", "id"}; - for stdin); prints their ids
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["task", "task_name", "id", "countdown", "eta", "flag_args", "kwargs", "json", "non_blocking", "timeout"])]
-    pub batch: Option<std::path::PathBuf>,
-    /// With --batch: tasks per message (each message is accepted whole or not at all)
-    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch_size: u32,
-    /// Print FastWorker's TaskResult record as JSON
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct TaskIdArgs {
-    /// The task id (or --task-id)
-    #[arg(
-        required_unless_present = "task_id_flag",
-        conflicts_with = "task_id_flag"
-    )]
-    pub task_id: Option<String>,
-    /// The task id (FastWorker's form)
-    #[arg(long = "task-id", value_name = "TASK_ID")]
-    pub task_id_flag: Option<String>,
-    /// Print the reply as JSON (status: the task's whole record; cancel: the cancel reply)
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-impl TaskIdArgs {
-    fn id(&self) -> &str {
-        self.task_id
-            .as_deref()
-            .or(self.task_id_flag.as_deref())
-            .unwrap_or_default()
-    }
-}
-
-pub(super) fn unreachable(e: &ClientError, connect: &ConnectArgs) -> u8 {
-    eprintln!("error: {e}");
-    let dial_failed = matches!(
-        e,
-        ClientError::Transport(crate::transport::TransportError::Dial { .. })
-    );
-    if dial_failed && connect.discovery_address.is_none() {
-        eprintln!(
-            "is `fastworker control-plane` running with --base-address {}?",
-            connect.base_address
-        );
-    }
-    EXIT_UNUSABLE
-}
-
-pub async fn submit(args: SubmitArgs) -> u8 {
-    if let Some(file) = &args.batch {
-        return super::batch::submit_batch(&args, file).await;
-    }
+/// The task a submit's arguments describe.
+fn task(args: &SubmitArgs) -> Result<WireTask, CliError> {
     let name = args
         .task
         .clone()
         .or(args.task_name.clone())
         .unwrap_or_default();
     let eta = match (args.countdown, &args.eta) {
-        (Some(secs), _) => match countdown_eta(secs) {
-            Some(eta) => Some(eta),
-            None => {
-                eprintln!(
-                    "error: --countdown takes seconds from now, from 0 up to 100 years (got {secs:e})"
-                );
-                return EXIT_UNUSABLE;
-            }
-        },
-        (None, Some(eta)) => match crate::protocol::parse_time(eta) {
-            Ok(t) => Some(t.to_rfc3339()),
-            Err(e) => {
-                eprintln!("error: --eta: {e}");
-                return EXIT_UNUSABLE;
-            }
-        },
+        (Some(secs), _) => Some(countdown_eta(secs).ok_or_else(|| {
+            CliError::Unusable(format!(
+                "--countdown takes seconds from now, from 0 up to 100 years (got {secs:e})"
+            ))
+        })?),
+        (None, Some(eta)) => Some(
+            crate::protocol::parse_time(eta)
+                .map_err(|e| CliError::Unusable(format!("--eta: {e}")))?
+                .to_rfc3339(),
+        ),
         (None, None) => None,
     };
-    let kwargs = match parse_kwargs(&args.kwargs) {
-        Ok(kwargs) => kwargs,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_UNUSABLE;
-        }
-    };
-    if let Some(id) = &args.id
-        && let Err(e) = crate::protocol::check_task_id(id)
-    {
-        eprintln!("error: --id: {}", shown(&e));
-        return EXIT_UNUSABLE;
+    let kwargs = parse_kwargs(&args.kwargs).map_err(CliError::Unusable)?;
+    if let Some(id) = &args.id {
+        crate::protocol::check_task_id(id).map_err(|e| CliError::Unusable(format!("--id: {e}")))?;
     }
-    let task = WireTask {
+    Ok(WireTask {
         id: args
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        name: name.clone(),
+        name,
         args: args
             .args
             .iter()
@@ -238,74 +61,63 @@ pub async fn submit(args: SubmitArgs) -> u8 {
         eta,
         callback: None,
         reply: Default::default(),
-    };
-    let delayed = task.eta.is_some();
-    let task_id = task.id.clone();
-    let client = match args.connect.client().await {
-        Ok(client) => client,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
+    })
+}
+
+pub async fn submit(args: SubmitArgs) -> CliResult {
+    let task = task(&args)?;
+    let (name, task_id, delayed) = (task.name.clone(), task.id.clone(), task.eta.is_some());
+    let client = connect(&args.connect).await?;
 
     if args.non_blocking || delayed {
-        return match client.submit_ack(task, args.priority).await {
-            Ok(ack) if ack.accepted => {
-                println!("{}", ack.task_id);
-                0
-            }
-            Ok(ack) => {
-                eprintln!("error: {}", shown(&ack.error.unwrap_or_default()));
-                EXIT_UNUSABLE
-            }
-            Err(e) => unreachable(&e, &args.connect),
-        };
+        let ack = client
+            .submit_ack(task, args.priority)
+            .await
+            .map_err(|e| CliError::unreachable(&e, &args.connect))?;
+        if !ack.accepted {
+            return Err(CliError::Unusable(ack.error.unwrap_or_default()));
+        }
+        println!("{}", ack.task_id);
+        return Ok(());
     }
 
     let waiting = client.submit(task, args.priority, args.timeout);
     let reply = tokio::select! {
         reply = waiting => reply,
         _ = tokio::signal::ctrl_c() => {
-            let fate = fate(&client, &task_id).await;
-            eprintln!("stopped waiting; {fate}");
-            return super::commands::EXIT_CANCELLED;
+            return Err(CliError::Interrupted(format!("stopped waiting; {}", fate(&client, &task_id).await)));
         }
     };
     let result = match reply {
         Ok(result) => result,
         Err(ClientError::Transport(crate::transport::TransportError::Timeout { .. })) => {
-            let fate = fate(&client, &task_id).await;
-            eprintln!(
-                "no result within {}; {fate}",
-                humantime::format_duration(args.timeout)
-            );
-            return EXIT_STILL_RUNNING;
+            return Err(CliError::StillRunning(format!(
+                "no result within {}; {}",
+                humantime::format_duration(args.timeout),
+                fate(&client, &task_id).await
+            )));
         }
-        Err(e) => return unreachable(&e, &args.connect),
+        Err(e) => return Err(CliError::unreachable(&e, &args.connect)),
     };
     if args.json {
         println!("{}", serde_json::to_string(&result).unwrap_or_default());
         return match result.status {
-            Status::Success => 0,
-            _ if result.refused => EXIT_UNUSABLE,
-            _ => EXIT_FAILED,
+            Status::Success => Ok(()),
+            _ if result.refused => Err(CliError::Exit(EXIT_UNUSABLE)),
+            _ => Err(CliError::Exit(EXIT_FAILED)),
         };
     }
     match result.status {
         Status::Success => {
             println!("{}", result.result);
-            0
+            Ok(())
         }
-        _ if result.refused => {
-            eprintln!("error: {}", shown(&result.error.unwrap_or_default()));
-            EXIT_UNUSABLE
-        }
-        status => {
-            eprintln!(
-                "error: task '{name}' ({task_id}) {}: {}",
-                status.as_str(),
-                shown(&result.error.unwrap_or_default())
-            );
-            EXIT_FAILED
-        }
+        _ if result.refused => Err(CliError::Unusable(result.error.unwrap_or_default())),
+        status => Err(CliError::Failed(format!(
+            "task '{name}' ({task_id}) {}: {}",
+            status.as_str(),
+            result.error.unwrap_or_default()
+        ))),
     }
 }
 
@@ -328,22 +140,18 @@ async fn fate(client: &Client, task_id: &str) -> String {
     }
 }
 
-pub async fn status(args: TaskIdArgs) -> u8 {
-    let client = match args.connect.client().await {
-        Ok(client) => client,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
-    let reply = match client.status(args.id()).await {
-        Ok(reply) => reply,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
+pub async fn status(args: TaskIdArgs) -> CliResult {
+    let client = connect(&args.connect).await?;
+    let reply = client
+        .status(args.id())
+        .await
+        .map_err(|e| CliError::unreachable(&e, &args.connect))?;
     let Some(task) = reply.task else {
-        eprintln!("error: {}", shown(&reply.error.unwrap_or_default()));
-        return EXIT_FAILED;
+        return Err(CliError::Failed(reply.error.unwrap_or_default()));
     };
     if args.json {
         println!("{}", serde_json::to_string(&task).unwrap_or_default());
-        return 0;
+        return Ok(());
     }
     println!("{}  {}  {}", task.task_id, task.name, task.status.as_str());
     if task.status == Status::Success {
@@ -372,52 +180,48 @@ pub async fn status(args: TaskIdArgs) -> u8 {
         facts.push(format!("took {:.1} ms", took.as_secs_f64() * 1e3));
     }
     println!("  {}", facts.join(", "));
-    0
+    Ok(())
 }
 
-pub async fn cancel(args: TaskIdArgs) -> u8 {
-    let client = match args.connect.client().await {
-        Ok(client) => client,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
-    match client.cancel(args.id()).await {
-        Ok(reply) if args.json => {
-            println!("{}", serde_json::to_string(&reply).unwrap_or_default());
-            if reply.cancelled { 0 } else { EXIT_FAILED }
-        }
-        Ok(reply) if reply.cancelled => {
-            match reply.status {
-                Some(Status::Running) => println!(
-                    "cancelling {}: it was running; its process group is being stopped",
-                    reply.task_id
-                ),
-                _ => println!("cancelled {}", reply.task_id),
-            }
-            0
-        }
-        Ok(reply) => {
-            eprintln!("error: {}", shown(&reply.error.unwrap_or_default()));
-            EXIT_FAILED
-        }
-        Err(e) => unreachable(&e, &args.connect),
+pub async fn cancel(args: TaskIdArgs) -> CliResult {
+    let client = connect(&args.connect).await?;
+    let reply = client
+        .cancel(args.id())
+        .await
+        .map_err(|e| CliError::unreachable(&e, &args.connect))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+        return if reply.cancelled {
+            Ok(())
+        } else {
+            Err(CliError::Exit(EXIT_FAILED))
+        };
     }
+    if !reply.cancelled {
+        return Err(CliError::Failed(reply.error.unwrap_or_default()));
+    }
+    match reply.status {
+        Some(Status::Running) => println!(
+            "cancelling {}: it was running; its process group is being stopped",
+            reply.task_id
+        ),
+        _ => println!("cancelled {}", reply.task_id),
+    }
+    Ok(())
 }
 
-pub async fn list(args: &ListArgs) -> u8 {
-    let client = match args.connect.client().await {
-        Ok(client) => client,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
-    let list = match client.list().await {
-        Ok(list) => list,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
+pub async fn list(args: &ListArgs) -> CliResult {
+    let client = connect(&args.connect).await?;
+    let list = client
+        .list()
+        .await
+        .map_err(|e| CliError::unreachable(&e, &args.connect))?;
     if args.json {
         println!(
             "{}",
             serde_json::to_value(&list.tasks).unwrap_or(Value::Null)
         );
-        return 0;
+        return Ok(());
     }
     let rows: Vec<[String; 4]> = list
         .tasks
@@ -425,34 +229,22 @@ pub async fn list(args: &ListArgs) -> u8 {
         .map(|t| [t.name, t.runs, t.mode, t.description.unwrap_or_default()])
         .collect();
     print_table(&["NAME", "RUNS", "MODE", "DESCRIPTION"], &rows);
-    0
-}
-
-#[derive(Debug, Args)]
-pub struct WorkersArgs {
-    /// Print the workers as JSON
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
+    Ok(())
 }
 
 /// `fastworker workers`: the control plane's own slots and each subworker.
-pub async fn workers(args: &WorkersArgs) -> u8 {
-    let client = match args.connect.client().await {
-        Ok(client) => client,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
-    let list = match client.workers().await {
-        Ok(list) => list,
-        Err(e) => return unreachable(&e, &args.connect),
-    };
+pub async fn workers(args: &WorkersArgs) -> CliResult {
+    let client = connect(&args.connect).await?;
+    let list = client
+        .workers()
+        .await
+        .map_err(|e| CliError::unreachable(&e, &args.connect))?;
     if args.json {
         println!(
             "{}",
             serde_json::to_value(&list.workers).unwrap_or(Value::Null)
         );
-        return 0;
+        return Ok(());
     }
     let now = chrono::Utc::now();
     let rows: Vec<[String; 7]> = list
@@ -495,17 +287,5 @@ pub async fn workers(args: &WorkersArgs) -> u8 {
             println!("warning: {}", shown(warning));
         }
     }
-    0
-}
-
-/// The time `secs` seconds from now, as RFC 3339; `None` for a negative,
-/// infinite or absurdly large countdown.
-pub(super) fn countdown_eta(secs: f64) -> Option<String> {
-    if !(0.0..=100.0 * 365.0 * 86_400.0).contains(&secs) {
-        return None;
-    }
-    let delta = chrono::TimeDelta::try_milliseconds((secs * 1000.0) as i64)?;
-    chrono::Utc::now()
-        .checked_add_signed(delta)
-        .map(|t| t.to_rfc3339())
+    Ok(())
 }

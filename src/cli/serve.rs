@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::commands::{EXIT_UNUSABLE, report_manifest_error};
-use super::{parse_bytes, parse_duration};
+use super::args::TokenArgs;
+use super::args::{parse_bytes, parse_duration};
+use super::error::{CliError, CliResult, EXIT_FAILED, EXIT_UNUSABLE};
 use crate::control_plane::{self, Config};
 
 #[derive(Debug, Args)]
@@ -75,7 +76,7 @@ pub struct ControlPlaneArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
-    pub token: super::remote::TokenArgs,
+    pub token: TokenArgs,
     #[command(flatten)]
     pub worker_token: WorkerTokenArgs,
     /// Listen beyond loopback without any token (refused otherwise: anyone
@@ -118,7 +119,7 @@ pub struct WorkerTokenArgs {
 
 impl WorkerTokenArgs {
     fn token(&self) -> Result<Option<crate::auth::Token>, String> {
-        super::remote::token_from(
+        super::args::token_from(
             self.worker_token.as_deref(),
             self.worker_token_file.as_deref(),
         )
@@ -227,19 +228,15 @@ pub struct SubworkerArgs {
     #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
-    pub token: super::remote::TokenArgs,
+    pub token: TokenArgs,
     #[command(flatten)]
     pub worker_token: WorkerTokenArgs,
 }
 
-pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> u8 {
-    let manifest = match crate::manifest::Manifest::discover(manifest) {
-        Ok(m) => Arc::new(m),
-        Err(e) => {
-            report_manifest_error(&e);
-            return EXIT_UNUSABLE;
-        }
-    };
+pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> CliResult {
+    let manifest = crate::manifest::Manifest::discover(manifest)
+        .map(Arc::new)
+        .map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
     let address = args.base_address.clone().unwrap_or_else(|| {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -256,20 +253,8 @@ pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> u8 {
             NonZeroUsize::get,
         ),
         shutdown_grace: args.shutdown_grace,
-        auth: match args.token.token() {
-            Ok(token) => token,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_UNUSABLE;
-            }
-        },
-        worker_token: match args.worker_token.token() {
-            Ok(token) => token,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_UNUSABLE;
-            }
-        },
+        auth: args.token.token().map_err(CliError::Unusable)?,
+        worker_token: args.worker_token.token().map_err(CliError::Unusable)?,
     };
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
         nix::libc::SIGXFSZ,
@@ -298,37 +283,30 @@ pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> u8 {
     match ended {
         Ok(crate::subworker::Ended::Clean) => {
             eprintln!("fastworker subworker '{}' stopped", args.worker_id);
-            0
+            Ok(())
         }
         Ok(crate::subworker::Ended::Unreported(n)) => {
             eprintln!(
                 "fastworker subworker '{}' stopped; {n} tasks could not be reported (the control plane runs them again)",
                 args.worker_id
             );
-            1
+            Err(CliError::Exit(EXIT_FAILED))
         }
         Err(crate::subworker::SubworkerError::Stopped) => {
             eprintln!(
                 "fastworker subworker '{}' stopped before it found a control plane",
                 args.worker_id
             );
-            0
+            Ok(())
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            EXIT_UNUSABLE
-        }
+        Err(e) => Err(CliError::Unusable(e.to_string())),
     }
 }
 
-pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u8 {
-    let manifest = match crate::manifest::Manifest::discover(manifest) {
-        Ok(m) => Arc::new(m),
-        Err(e) => {
-            report_manifest_error(&e);
-            return EXIT_UNUSABLE;
-        }
-    };
+pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> CliResult {
+    let manifest = crate::manifest::Manifest::discover(manifest)
+        .map(Arc::new)
+        .map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
     let mut config = Config::new(&args.base_address, &args.discovery_address);
     config.worker_id = args.worker_id;
     config.subworker_port = args.subworker_port;
@@ -353,12 +331,9 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
             .collect();
         config.callbacks = control_plane::CallbackPolicy::new(allow);
     }
-    config.access = match (args.token.token(), args.worker_token.token()) {
-        (Ok(client), Ok(worker)) => crate::auth::Access { client, worker },
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return EXIT_UNUSABLE;
-        }
+    config.access = crate::auth::Access {
+        client: args.token.token().map_err(CliError::Unusable)?,
+        worker: args.worker_token.token().map_err(CliError::Unusable)?,
     };
     if !args.no_gui {
         tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
@@ -371,14 +346,9 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
         nix::libc::SIGXFSZ,
     ));
     let shutdown = CancellationToken::new();
-    let running =
-        match control_plane::start(config.clone(), Arc::clone(&manifest), shutdown.clone()).await {
-            Ok(running) => running,
-            Err(e) => {
-                eprintln!("error: cannot start the control plane: {e}");
-                return EXIT_UNUSABLE;
-            }
-        };
+    let running = control_plane::start(config.clone(), Arc::clone(&manifest), shutdown.clone())
+        .await
+        .map_err(|e| CliError::Unusable(format!("cannot start the control plane: {e}")))?;
     let journal = match &config.data_dir {
         Some(dir) if !running.quarantined.is_empty() => format!(
             "journal in {}, {} undecodable record{} quarantined in {} (see the log above)",
@@ -413,7 +383,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> u
     }));
     running.wait().await;
     eprintln!("fastworker control plane stopped");
-    0
+    Ok(())
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one runs

@@ -1,4 +1,4 @@
-//! The commands: `run`, `list` and `check`.
+//! The commands that need no control plane: `run`, `list` and `check`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -6,66 +6,23 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::args::{parse_arg, parse_kwargs};
-use super::{Cli, Command, ListArgs, RunArgs};
+use super::args::{ListArgs, RunArgs, parse_arg, parse_kwargs};
+use super::error::{CliError, CliResult, EXIT_FAILED, EXIT_UNUSABLE};
+use super::output::{print_result, print_table};
 use crate::executor::{Execution, Executor, Outcome, TaskRequest, retry};
-use crate::manifest::{HowToRun, Manifest, ManifestError};
+use crate::manifest::{HowToRun, Manifest};
 
-pub(super) const EXIT_FAILED: u8 = 1;
-pub(super) const EXIT_UNUSABLE: u8 = 2;
-pub(super) const EXIT_CANCELLED: u8 = 130;
-
-pub async fn dispatch(cli: Cli) -> u8 {
-    let manifest = cli.manifest.as_deref();
-    match cli.command {
-        Command::Run(args) => run(manifest, args).await,
-        Command::ControlPlane(args) => super::serve::control_plane(manifest, args).await,
-        Command::Subworker(args) => super::serve::subworker(manifest, args).await,
-        Command::Workers(args) => super::remote::workers(&args).await,
-        Command::Submit(args) => super::remote::submit(args).await,
-        Command::Status(args) => super::remote::status(args).await,
-        Command::Cancel(args) => super::remote::cancel(args).await,
-        Command::List(args) if args.remote => super::remote::list(&args).await,
-        Command::List(args) => list(manifest, &args),
-        Command::Check => check(manifest),
-        Command::Journal(args) => super::journal::journal(&args),
-    }
-}
-
-pub(super) fn report_manifest_error(e: &ManifestError) {
-    match e {
-        ManifestError::Invalid { problems } => {
-            for problem in problems {
-                eprintln!("error: {problem}");
-            }
-        }
-        other => eprintln!("error: {other}"),
-    }
-}
-
-async fn run(manifest: Option<&Path>, args: RunArgs) -> u8 {
-    let manifest = match Manifest::discover(manifest) {
-        Ok(m) => m,
-        Err(e) => {
-            report_manifest_error(&e);
-            return EXIT_UNUSABLE;
-        }
-    };
+pub async fn run(manifest: Option<&Path>, args: RunArgs) -> CliResult {
+    let manifest =
+        Manifest::discover(manifest).map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
     let Some(spec) = manifest.task(&args.task) else {
-        eprintln!("error: {}", manifest.unknown_task(&args.task));
-        return EXIT_UNUSABLE;
+        return Err(CliError::Unusable(manifest.unknown_task(&args.task)));
     };
     let mut spec = Arc::clone(spec);
     if let Some(timeout) = args.timeout {
         Arc::make_mut(&mut spec).timeout = Some(timeout);
     }
-    let kwargs = match parse_kwargs(&args.kwargs) {
-        Ok(kwargs) => kwargs,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_UNUSABLE;
-        }
-    };
+    let kwargs = parse_kwargs(&args.kwargs).map_err(CliError::Unusable)?;
     let request = TaskRequest::new(
         &args.task,
         args.args.iter().map(|a| parse_arg(a)).collect(),
@@ -95,28 +52,20 @@ async fn run(manifest: Option<&Path>, args: RunArgs) -> u8 {
     executor.shutdown().await;
 
     let Some(last) = attempts.last() else {
-        return EXIT_CANCELLED;
+        return Err(CliError::Interrupted("interrupted".to_owned()));
     };
     if args.json {
         print_result(&record_json(&attempts).to_string());
     } else if let Outcome::Success { result } = &last.outcome {
         print_result(&result.to_string());
-    } else {
-        print_failure(last);
     }
     match &last.outcome {
-        Outcome::Success { .. } => 0,
-        Outcome::Cancelled => EXIT_CANCELLED,
-        _ => EXIT_FAILED,
+        Outcome::Success { .. } => Ok(()),
+        Outcome::Cancelled if args.json => Err(CliError::Exit(super::error::EXIT_INTERRUPTED)),
+        Outcome::Cancelled => Err(CliError::Cancelled(failure(last))),
+        _ if args.json => Err(CliError::Exit(EXIT_FAILED)),
+        _ => Err(CliError::Failed(failure(last))),
     }
-}
-
-/// Prints a result line. A closed stdout (`run … | head -c0`) is not an
-/// error worth a panic: `run` keeps SIGPIPE ignored because it writes to its
-/// task's stdin, so the write error is dropped here instead.
-fn print_result(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 fn round_ms(d: std::time::Duration) -> std::time::Duration {
@@ -146,9 +95,10 @@ fn record_json(attempts: &[Execution]) -> Value {
     record
 }
 
-fn print_failure(e: &Execution) {
-    use super::shown;
-    eprintln!("error: task '{}' {}", e.name, shown(&e.outcome.to_string()));
+/// How a failed run is told: its outcome, then its traceback or the last
+/// lines of its stderr.
+fn failure(e: &Execution) -> String {
+    let mut text = format!("task '{}' {}", e.name, e.outcome);
     let traceback = match &e.outcome {
         Outcome::Failed {
             error: Some(error), ..
@@ -156,27 +106,23 @@ fn print_failure(e: &Execution) {
         _ => None,
     };
     if let Some(traceback) = traceback {
-        eprint!("{}", shown(traceback.trim_end()));
-        eprintln!();
+        text.push('\n');
+        text.push_str(traceback.trim_end());
     } else if !e.stderr.trim().is_empty() {
         const LINES: usize = 20;
         let lines: Vec<&str> = e.stderr.trim_end().lines().collect();
         let last = &lines[lines.len().saturating_sub(LINES)..];
-        eprintln!("stderr (last {} lines):", last.len());
+        text.push_str(&format!("\nstderr (last {} lines):", last.len()));
         for line in last {
-            eprintln!("  {}", shown(line));
+            text.push_str(&format!("\n  {line}"));
         }
     }
+    text
 }
 
-fn list(manifest: Option<&Path>, args: &ListArgs) -> u8 {
-    let manifest = match Manifest::discover(manifest) {
-        Ok(m) => m,
-        Err(e) => {
-            report_manifest_error(&e);
-            return EXIT_UNUSABLE;
-        }
-    };
+pub fn list(manifest: Option<&Path>, args: &ListArgs) -> CliResult {
+    let manifest =
+        Manifest::discover(manifest).map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
     if args.json {
         let tasks: Vec<Value> = manifest
             .tasks
@@ -205,7 +151,7 @@ fn list(manifest: Option<&Path>, args: &ListArgs) -> u8 {
             })
             .collect();
         println!("{}", Value::Array(tasks));
-        return 0;
+        return Ok(());
     }
     let rows: Vec<[String; 4]> = manifest
         .tasks
@@ -221,41 +167,11 @@ fn list(manifest: Option<&Path>, args: &ListArgs) -> u8 {
         })
         .collect();
     print_table(&["NAME", "RUNS", "MODE", "DESCRIPTION"], &rows);
-    0
+    Ok(())
 }
 
-pub(super) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; N]| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(*header);
-    for row in rows {
-        line(std::array::from_fn(|i| row[i].as_str()));
-    }
-}
-
-fn check(manifest: Option<&Path>) -> u8 {
-    let manifest = match Manifest::discover(manifest) {
-        Ok(m) => m,
-        Err(e) => {
-            report_manifest_error(&e);
-            return EXIT_FAILED;
-        }
-    };
+pub fn check(manifest: Option<&Path>) -> CliResult {
+    let manifest = Manifest::discover(manifest).map_err(|e| CliError::manifest(&e, EXIT_FAILED))?;
     // Which interpreter each runner uses, once per runner.
     let mut runners: std::collections::BTreeMap<(&str, String), Vec<&str>> = Default::default();
     for task in manifest.tasks.values() {
@@ -289,5 +205,5 @@ fn check(manifest: Option<&Path>) -> u8 {
         manifest.tasks.len(),
         if manifest.tasks.len() == 1 { "" } else { "s" }
     );
-    0
+    Ok(())
 }
