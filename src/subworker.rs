@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Token;
@@ -95,6 +95,45 @@ struct Running {
     hand_back: bool,
 }
 
+/// Where a subworker stands with its control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// Not registered (at start, or told to register again).
+    Unregistered,
+    /// Registered; a poll is on its way (`polling`), or about to be sent.
+    Registered { polling: bool },
+}
+
+/// How far a subworker is in stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopping {
+    No,
+    /// No more work; running tasks have until `hand_back_at`, then they are
+    /// handed back, and their reports have until `give_up_at`.
+    Draining {
+        hand_back_at: Option<Instant>,
+        give_up_at: Option<Instant>,
+    },
+}
+
+/// A running subworker: its link to the control plane, the tasks it runs,
+/// and where it stands. [`Subworker::run`] waits for events and hands each
+/// to its method.
+struct Subworker {
+    config: Config,
+    manifest: Arc<Manifest>,
+    executor: Arc<Executor>,
+    link: Link,
+    offers: BTreeMap<String, TaskOffer>,
+    /// Leases it holds: running, or with a report not yet acknowledged.
+    running: HashMap<String, Running>,
+    /// The number of the last poll sent.
+    seq: u64,
+    connection: Connection,
+    stopping: Stopping,
+    events: mpsc::UnboundedSender<Event>,
+}
+
 /// Runs a subworker until `shutdown` (then drains) or `force` (hands back
 /// at once). `on_registered` is called with the management address after
 /// each registration.
@@ -116,12 +155,7 @@ pub async fn run(
             "killed the process groups of tasks left running by an earlier run of this subworker"
         );
     }
-    let executor = Arc::new(Executor::owned_by(&owner));
-    let hello = Hello {
-        worker_id: config.worker_id.clone(),
-        session: uuid::Uuid::new_v4().simple().to_string(),
-    };
-    let offers: BTreeMap<String, TaskOffer> = manifest
+    let offers = manifest
         .tasks
         .iter()
         .map(|(name, spec)| {
@@ -138,164 +172,263 @@ pub async fn run(
     let link = Link {
         client: client.with_auth(config.worker_token.clone().or(config.auth.clone())),
         manage,
-        hello,
+        hello: Hello {
+            worker_id: config.worker_id.clone(),
+            session: uuid::Uuid::new_v4().simple().to_string(),
+        },
     };
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut running: HashMap<String, Running> = HashMap::new();
-    let (mut seq, mut registered, mut polling, mut draining) = (0u64, false, false, false);
-    let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-    let mut hand_back_at: Option<Instant> = None;
-    let mut give_up_at: Option<Instant> = None;
-    loop {
-        if !registered && !polling {
-            let registration = Manage::Register(Registration {
-                hello: link.hello.clone(),
-                address: config.address.clone(),
-                capacity: config.concurrency,
-                tasks: offers.clone(),
-                running: running.keys().cloned().collect(),
-            });
-            match link
-                .send::<_, Registered>(&registration, REPORT_TIMEOUT)
-                .await
-            {
-                Ok(reply) if reply.registered => {
-                    registered = true;
-                    for lease in &reply.cancel {
-                        if let Some(r) = running.get(lease) {
-                            r.cancel.cancel();
-                        }
+    let (events, received) = mpsc::unbounded_channel();
+    let subworker = Subworker {
+        executor: Arc::new(Executor::owned_by(&owner)),
+        config,
+        manifest,
+        link,
+        offers,
+        running: HashMap::new(),
+        seq: 0,
+        connection: Connection::Unregistered,
+        stopping: Stopping::No,
+        events,
+    };
+    subworker
+        .serve(received, shutdown, force, on_registered)
+        .await
+}
+
+impl Subworker {
+    /// Waits for events and hands each to its method, until it has
+    /// stopped (or given up on reporting).
+    async fn serve(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        shutdown: CancellationToken,
+        force: CancellationToken,
+        on_registered: impl Fn(&str, &Registered),
+    ) -> Result<Ended, SubworkerError> {
+        loop {
+            if self.connection == Connection::Unregistered {
+                self.register(&on_registered).await?;
+                if self.connection == Connection::Unregistered {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.cancelled(), if !self.draining() => {}
                     }
-                    on_registered(&link.manage, &reply);
+                    // Stopped while the control plane is out of reach, with
+                    // nothing held: there is nothing to hand back.
+                    if shutdown.is_cancelled() && self.running.is_empty() {
+                        return Ok(Ended::Clean);
+                    }
                 }
-                Ok(reply) => {
-                    tracing::warn!(
-                        "the control plane refused the registration: {}",
-                        reply.error.as_deref().unwrap_or("no reason given")
-                    );
-                }
-                // A token the control plane does not take will not start
-                // working by itself: stop, and say so.
-                Err(ClientError::Refused(e)) if e.starts_with("unauthorized") => {
-                    return Err(SubworkerError::Unauthorized(e));
-                }
-                Err(e) => tracing::warn!("cannot register: {e}"),
             }
-            if !registered {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled(), if !draining => {}
-                }
-                // Stopped while the control plane is out of reach, with
-                // nothing held: there is nothing to hand back.
-                if shutdown.is_cancelled() && running.is_empty() {
-                    return Ok(Ended::Clean);
+            if self.draining() && self.running.is_empty() {
+                self.deregister().await;
+                return Ok(Ended::Clean);
+            }
+            if self.connection == (Connection::Registered { polling: false }) {
+                self.send_poll();
+            }
+            let (hand_back_at, give_up_at) = match self.stopping {
+                Stopping::Draining {
+                    hand_back_at,
+                    give_up_at,
+                } => (hand_back_at, give_up_at),
+                Stopping::No => (None, None),
+            };
+            tokio::select! {
+                Some(event) = events.recv() => match event {
+                    Event::Polled(reply) => self.on_polled(reply),
+                    Event::Ran { lease, execution } => self.on_ran(lease, execution),
+                    Event::Reported { lease } => {
+                        self.running.remove(&lease);
+                    }
+                },
+                () = shutdown.cancelled(), if !self.draining() => self.on_shutdown(),
+                () = force.cancelled(), if hand_back_at.is_some() => self.set_hand_back(Instant::now()),
+                () = crate::clock::until(hand_back_at) => self.on_hand_back_due(),
+                () = crate::clock::until(give_up_at) => {
+                    tracing::error!(tasks = self.running.len(), "could not report to the control plane in time; those tasks run again elsewhere once it notices this subworker is gone");
+                    return Ok(Ended::Unreported(self.running.len()));
                 }
             }
         }
-        if draining && running.is_empty() {
-            let bye = Manage::Deregister(link.hello.clone());
-            if let Err(e) = link.send::<_, Applied>(&bye, REPORT_TIMEOUT).await {
-                tracing::warn!(
-                    "could not deregister (the control plane will notice the silence): {e}"
-                );
-            }
-            return Ok(Ended::Clean);
-        }
-        if registered && !polling {
-            seq += 1;
-            polling = true;
-            let poll = Manage::Poll(Poll {
-                hello: link.hello.clone(),
-                seq,
-                running: running.keys().cloned().collect(),
-                draining,
-            });
-            let (link, tx) = (link.clone(), events_tx.clone());
-            tokio::spawn(async move {
-                let wait = Duration::from_millis(POLL_HOLD_MS) + REPORT_TIMEOUT;
-                let reply = link.send::<_, PollReply>(&poll, wait).await;
-                if reply.is_err() {
-                    tokio::time::sleep(RETRY_AFTER).await;
-                }
-                let _ = tx.send(Event::Polled(reply));
-            });
-        }
-        tokio::select! {
-            Some(event) = events.recv() => match event {
-                Event::Polled(Ok(reply)) => {
-                    polling = false;
-                    if reply.reregister {
-                        tracing::info!("the control plane does not know this subworker (it restarted, or lost touch): registering again");
-                        registered = false;
-                    }
-                    for lease in reply.tasks {
-                        if draining || running.contains_key(&lease.lease) {
-                            continue;
-                        }
-                        let cancel = CancellationToken::new();
-                        running.insert(lease.lease.clone(), Running { cancel: cancel.clone(), hand_back: false });
-                        start(&executor, &manifest, lease, cancel, events_tx.clone());
-                    }
-                    for lease in &reply.cancel {
-                        if let Some(r) = running.get(lease) {
-                            tracing::info!(%lease, "cancelled by the control plane");
-                            r.cancel.cancel();
-                        }
-                    }
-                }
-                Event::Polled(Err(e)) => {
-                    polling = false;
-                    tracing::warn!("no answer from the control plane: {e}");
-                }
-                Event::Ran { lease, execution } => {
-                    let hand_back = running.get(&lease).is_some_and(|r| r.hand_back);
-                    let message = if hand_back {
-                        Manage::Release(Release {
-                            hello: link.hello.clone(),
-                            lease: lease.clone(),
-                            reason: "the subworker stopped, and its grace period ran out before the task ended".to_owned(),
-                        })
-                    } else {
-                        Manage::Result(WorkResult {
-                            hello: link.hello.clone(),
-                            lease: lease.clone(),
-                            execution,
-                        })
-                    };
-                    let (link, tx) = (link.clone(), events_tx.clone());
-                    tokio::spawn(async move {
-                        link.report(&message).await;
-                        let _ = tx.send(Event::Reported { lease });
-                    });
-                }
-                Event::Reported { lease } => {
-                    running.remove(&lease);
-                }
-            },
-            () = shutdown.cancelled(), if !draining => {
-                draining = true;
-                hand_back_at = Some(Instant::now() + config.shutdown_grace);
-                tracing::info!(running = running.len(), "draining: no new tasks; running ones have {} to finish", humantime::format_duration(config.shutdown_grace));
-            }
-            () = force.cancelled(), if hand_back_at.is_some() => {
-                hand_back_at = Some(Instant::now());
-            }
-            () = sleep_until(hand_back_at.unwrap_or(far)), if hand_back_at.is_some() => {
-                hand_back_at = None;
-                give_up_at = Some(Instant::now() + REPORT_GRACE);
-                for (lease, r) in &mut running {
-                    if !r.cancel.is_cancelled() {
-                        tracing::warn!(%lease, "grace period over: stopping the task and handing it back");
-                        r.hand_back = true;
+    }
+
+    fn draining(&self) -> bool {
+        matches!(self.stopping, Stopping::Draining { .. })
+    }
+
+    /// Registers (its tasks, and the leases it still holds).
+    async fn register(
+        &mut self,
+        on_registered: &impl Fn(&str, &Registered),
+    ) -> Result<(), SubworkerError> {
+        let registration = Manage::Register(Registration {
+            hello: self.link.hello.clone(),
+            address: self.config.address.clone(),
+            capacity: self.config.concurrency,
+            tasks: self.offers.clone(),
+            running: self.running.keys().cloned().collect(),
+        });
+        match self
+            .link
+            .send::<_, Registered>(&registration, REPORT_TIMEOUT)
+            .await
+        {
+            Ok(reply) if reply.registered => {
+                self.connection = Connection::Registered { polling: false };
+                for lease in &reply.cancel {
+                    if let Some(r) = self.running.get(lease) {
                         r.cancel.cancel();
                     }
                 }
+                on_registered(&self.link.manage, &reply);
             }
-            () = sleep_until(give_up_at.unwrap_or(far)), if give_up_at.is_some() => {
-                tracing::error!(tasks = running.len(), "could not report to the control plane in time; those tasks run again elsewhere once it notices this subworker is gone");
-                return Ok(Ended::Unreported(running.len()));
+            Ok(reply) => {
+                tracing::warn!(
+                    "the control plane refused the registration: {}",
+                    reply.error.as_deref().unwrap_or("no reason given")
+                );
             }
+            // A token the control plane does not take will not start
+            // working by itself: stop, and say so.
+            Err(ClientError::Refused(e)) if e.starts_with("unauthorized") => {
+                return Err(SubworkerError::Unauthorized(e));
+            }
+            Err(e) => tracing::warn!("cannot register: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Sends the next poll (in the background; its reply comes as an event).
+    fn send_poll(&mut self) {
+        self.seq += 1;
+        self.connection = Connection::Registered { polling: true };
+        let poll = Manage::Poll(Poll {
+            hello: self.link.hello.clone(),
+            seq: self.seq,
+            running: self.running.keys().cloned().collect(),
+            draining: self.draining(),
+        });
+        let (link, tx) = (self.link.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let wait = Duration::from_millis(POLL_HOLD_MS) + REPORT_TIMEOUT;
+            let reply = link.send::<_, PollReply>(&poll, wait).await;
+            if reply.is_err() {
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            let _ = tx.send(Event::Polled(reply));
+        });
+    }
+
+    /// A poll's reply: work to start, leases to stop, or "register again".
+    fn on_polled(&mut self, reply: Result<PollReply, ClientError>) {
+        self.connection = Connection::Registered { polling: false };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!("no answer from the control plane: {e}");
+                return;
+            }
+        };
+        if reply.reregister {
+            tracing::info!(
+                "the control plane does not know this subworker (it restarted, or lost touch): registering again"
+            );
+            self.connection = Connection::Unregistered;
+        }
+        for lease in reply.tasks {
+            if self.draining() || self.running.contains_key(&lease.lease) {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            self.running.insert(
+                lease.lease.clone(),
+                Running {
+                    cancel: cancel.clone(),
+                    hand_back: false,
+                },
+            );
+            start(
+                &self.executor,
+                &self.manifest,
+                lease,
+                cancel,
+                self.events.clone(),
+            );
+        }
+        for lease in &reply.cancel {
+            if let Some(r) = self.running.get(lease) {
+                tracing::info!(%lease, "cancelled by the control plane");
+                r.cancel.cancel();
+            }
+        }
+    }
+
+    /// A leased run ended: its result (or, past the grace, its hand-back)
+    /// is reported until the control plane takes it.
+    fn on_ran(&mut self, lease: String, execution: Execution) {
+        let hand_back = self.running.get(&lease).is_some_and(|r| r.hand_back);
+        let message = if hand_back {
+            Manage::Release(Release {
+                hello: self.link.hello.clone(),
+                lease: lease.clone(),
+                reason: "the subworker stopped, and its grace period ran out before the task ended"
+                    .to_owned(),
+            })
+        } else {
+            Manage::Result(WorkResult {
+                hello: self.link.hello.clone(),
+                lease: lease.clone(),
+                execution,
+            })
+        };
+        let (link, tx) = (self.link.clone(), self.events.clone());
+        tokio::spawn(async move {
+            link.report(&message).await;
+            let _ = tx.send(Event::Reported { lease });
+        });
+    }
+
+    /// A shutdown signal: no more work; running tasks get the grace period.
+    fn on_shutdown(&mut self) {
+        let grace = self.config.shutdown_grace;
+        tracing::info!(
+            running = self.running.len(),
+            "draining: no new tasks; running ones have {} to finish",
+            humantime::format_duration(grace)
+        );
+        self.stopping = Stopping::Draining {
+            hand_back_at: Some(Instant::now() + grace),
+            give_up_at: None,
+        };
+    }
+
+    fn set_hand_back(&mut self, at: Instant) {
+        if let Stopping::Draining { hand_back_at, .. } = &mut self.stopping {
+            *hand_back_at = Some(at);
+        }
+    }
+
+    /// The grace period is over: what still runs is stopped and handed
+    /// back; the reports have [`REPORT_GRACE`] to reach the control plane.
+    fn on_hand_back_due(&mut self) {
+        self.stopping = Stopping::Draining {
+            hand_back_at: None,
+            give_up_at: Some(Instant::now() + REPORT_GRACE),
+        };
+        for (lease, r) in &mut self.running {
+            if !r.cancel.is_cancelled() {
+                tracing::warn!(%lease, "grace period over: stopping the task and handing it back");
+                r.hand_back = true;
+                r.cancel.cancel();
+            }
+        }
+    }
+
+    async fn deregister(&self) {
+        let bye = Manage::Deregister(self.link.hello.clone());
+        if let Err(e) = self.link.send::<_, Applied>(&bye, REPORT_TIMEOUT).await {
+            tracing::warn!("could not deregister (the control plane will notice the silence): {e}");
         }
     }
 }

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Started;
 use super::limits::{self, Cgroups, Prepared};
 use super::outcome::{Execution, Outcome, STDERR_TAIL, TaskError, TaskRequest};
 use super::process::{self, Tail, TaskProcess};
+use crate::clock::until;
 use crate::manifest::TaskSpec;
 
 /// How long pipes may stay open after the task process has exited and its
@@ -119,7 +120,6 @@ async fn supervise(
     let mut kill_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let deadline = spec.timeout.map(|t| started + t);
-    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
 
     let stop = |why: Stop, stopped: &mut Option<Stop>, kill_at: &mut Option<Instant>| {
         if stopped.is_none() {
@@ -157,17 +157,17 @@ async fn supervise(
                 }
                 drain_until = Some(kill_at.unwrap_or_else(Instant::now) + DRAIN_LIMIT);
             }
-            () = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && stopped.is_none() && status.is_none() => {
+            () = until(deadline), if stopped.is_none() && status.is_none() => {
                 stop(Stop::Timeout, &mut stopped, &mut kill_at);
             }
             () = cancel.cancelled(), if stopped.is_none() && status.is_none() => {
                 stop(Stop::Cancelled, &mut stopped, &mut kill_at);
             }
-            () = sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+            () = until(kill_at) => {
                 group.signal(Signal::SIGKILL);
                 kill_at = None;
             }
-            () = sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
+            () = until(drain_until) => {
                 tracing::warn!(task = %request.name, "output pipes still open after the task exited; a process left its group");
                 break;
             }

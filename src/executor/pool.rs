@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -310,7 +310,6 @@ impl PoolProcess {
 
         let cap = usize::try_from(spec.max_output).unwrap_or(usize::MAX);
         let deadline = spec.timeout.map(|t| Instant::now() + t);
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let (out_buf, err_buf) = (&mut self.out_buf, &mut self.err_buf);
         let mut err_done = false;
 
@@ -363,7 +362,7 @@ impl PoolProcess {
                     }
                     break lost(status.ok().map(process::exit_state));
                 }
-                () = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                () = crate::clock::until(deadline) => {
                     let _ = process::stop(child, group, spec.grace_period).await;
                     break Served {
                         outcome: Outcome::Timeout { limit: spec.timeout.unwrap_or_default() },
