@@ -28,6 +28,8 @@ pub enum ClientError {
     Refused(String),
     #[error("cannot understand the control plane's reply: {0}")]
     BadReply(String),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// A connection to a control plane. Cheap to clone: clones share sockets.
@@ -184,8 +186,8 @@ impl Client {
             if body.len() > protocol::MAX_MESSAGE {
                 // NNG drops the connection of a message over the limit
                 // before reading it, so no answer comes.
-                ClientError::Refused(format!(
-                    "{e}: the message is {} bytes, over a control plane's default --max-message-size ({} bytes); send less at once (e.g. a smaller --batch-size)",
+                ClientError::TooLarge(format!(
+                    "{e}: the message is {} bytes, over a control plane's default --max-message-size ({} bytes), so it was not read; send less at once (e.g. a smaller --batch-size)",
                     body.len(),
                     protocol::MAX_MESSAGE
                 ))

@@ -58,9 +58,13 @@ pub fn journal(args: &JournalArgs) -> CliResult {
             Ok(())
         }
         (false, false, _) => {
-            if !json {
+            if !json && !report.damaged.is_empty() {
                 println!(
                     "the control plane will not start on this journal: stop it (if it runs) and run `fastworker journal repair`"
+                );
+            } else if !json {
+                println!(
+                    "the control plane starts on this journal: it quarantines the undecodable records (their bytes are kept in quarantine/) and takes back the rest"
                 );
             }
             Err(CliError::Exit(EXIT_FAILED))

@@ -109,6 +109,8 @@ pub enum ControlPlaneError {
         "{address} can be reached from other hosts, and no token is set: anyone who reaches it could submit tasks, read their results and register as a subworker. Set --auth-token-file (or --auth-token, or FASTWORKER_AUTH_TOKEN; --worker-token to guard only the subworkers' socket), or pass --insecure to start anyway"
     )]
     Insecure { address: String },
+    #[error("{0}")]
+    Limits(String),
 }
 
 /// A running control plane.
@@ -145,6 +147,12 @@ pub async fn start(
 ) -> Result<ControlPlane, ControlPlaneError> {
     let endpoints = Endpoints::from_base(&config.base_address, config.subworker_port)
         .map_err(ControlPlaneError::Address)?;
+    if config.limits.inflight_bytes < config.limits.max_message {
+        return Err(ControlPlaneError::Limits(format!(
+            "--max-inflight-bytes ({}) is below --max-message-size ({}): a message that could never fit would always be answered busy",
+            config.limits.inflight_bytes, config.limits.max_message
+        )));
+    }
     if let Some(address) = beyond_loopback(&endpoints) {
         if config.access.is_open() {
             if !config.insecure {
@@ -216,6 +224,7 @@ pub async fn start(
             worker_id: config.worker_id.clone(),
             max_queue: config.max_queue,
             shutdown_grace: config.shutdown_grace,
+            callbacks: config.callbacks.clone(),
         },
         ResultCache::new(
             config.result_cache_size,

@@ -56,22 +56,17 @@ pub struct Cgroups {
 
 impl Cgroups {
     /// Looks for usable memory and pids controllers (none where cgroups
-    /// are absent, read-only or not ours), and removes task cgroups that
-    /// processes gone before this one left behind.
+    /// are absent, read-only or not ours), changing nothing.
     pub fn detect() -> Cgroups {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let find = |controller: &str| {
-            let found = v1_dir(&own, &mounts, controller)
+            v1_dir(&own, &mounts, controller)
                 .map(|dir| Hierarchy { v2: false, dir })
                 .or_else(|| {
                     v2_dir(&own, &mounts, controller).map(|dir| Hierarchy { v2: true, dir })
                 })
-                .filter(|h| writable(&h.dir));
-            if let Some(h) = &found {
-                remove_stale(&h.dir);
-            }
-            found
+                .filter(|h| writable(&h.dir))
         };
         let cgroups = Cgroups {
             memory: find("memory"),
@@ -79,6 +74,16 @@ impl Cgroups {
             next: AtomicU64::new(1),
         };
         tracing::debug!(memory = ?cgroups.memory, pids = ?cgroups.pids, "cgroups for task limits");
+        cgroups
+    }
+
+    /// [`Cgroups::detect`], then removes the task cgroups that processes
+    /// gone before this one left behind: for an executor that will use them.
+    pub fn detect_for_use() -> Cgroups {
+        let cgroups = Cgroups::detect();
+        for h in [&cgroups.memory, &cgroups.pids].into_iter().flatten() {
+            remove_stale(&h.dir);
+        }
         cgroups
     }
 
@@ -171,12 +176,7 @@ fn join_cgroup(point: &str, root: &str, path: &str) -> Option<PathBuf> {
 }
 
 fn writable(dir: &Path) -> bool {
-    let probe = dir.join(format!("fastworker-probe-{}", std::process::id()));
-    let made = std::fs::create_dir(&probe).is_ok();
-    if made {
-        let _ = std::fs::remove_dir(&probe);
-    }
-    made
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 /// Removes `fastworker-<pid>-<n>` cgroups of processes that are gone.
@@ -259,8 +259,9 @@ impl Group {
             .map(OwnedFd::from)
     }
 
-    /// Whether the limit stopped something: an OOM kill, or a fork refused.
-    fn hit(&self) -> bool {
+    /// How many times the limit stopped something: OOM kills, or forks
+    /// refused (since the cgroup was made).
+    fn count(&self) -> u64 {
         let read = |file: &str| std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
         let count = |text: &str, key: &str| {
             text.lines()
@@ -273,7 +274,6 @@ impl Group {
             ("memory", false) => count(&read("memory.oom_control"), "oom_kill "),
             _ => count(&read("pids.events"), "max "),
         }
-        .gt(&0)
     }
 
     /// Removes the cgroup once its processes are gone (they were killed
@@ -298,14 +298,26 @@ pub struct Prepared {
     groups: Vec<Group>,
 }
 
-/// What the cgroups saw of a finished process.
-#[derive(Debug, Clone, Copy, Default)]
+/// What a process's cgroups counted: OOM kills and refused forks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    pub oom_killed: bool,
-    pub forks_refused: bool,
+    pub oom_kills: u64,
+    pub forks_refused: u64,
     /// Whether a cgroup enforced each (else an rlimit did).
     pub memory_cgroup: bool,
     pub pids_cgroup: bool,
+}
+
+impl Usage {
+    /// What was counted after `before` (one request of a pool process,
+    /// whose cgroup counts for its whole life).
+    pub fn since(self, before: Usage) -> Usage {
+        Usage {
+            oom_kills: self.oom_kills.saturating_sub(before.oom_kills),
+            forks_refused: self.forks_refused.saturating_sub(before.forks_refused),
+            ..self
+        }
+    }
 }
 
 impl Prepared {
@@ -396,17 +408,19 @@ impl Prepared {
         self.procs.clear();
     }
 
-    /// What the cgroups saw (while they exist).
+    /// What the cgroups counted so far (while they exist).
     pub fn usage(&self) -> Usage {
-        let hit = |controller| {
+        let count = |controller| {
             self.groups
                 .iter()
-                .any(|g| g.controller == controller && g.hit())
+                .filter(|g| g.controller == controller)
+                .map(Group::count)
+                .sum()
         };
         let has = |controller| self.groups.iter().any(|g| g.controller == controller);
         Usage {
-            oom_killed: hit("memory"),
-            forks_refused: hit("pids"),
+            oom_kills: count("memory"),
+            forks_refused: count("pids"),
             memory_cgroup: has("memory"),
             pids_cgroup: has("pids"),
         }
@@ -478,8 +492,9 @@ fn cpu_seconds(pid: u32) -> Option<u64> {
 /// run said as its cause. How each is told:
 /// - memory: the cgroup counted an OOM kill; or, under RLIMIT_DATA, the
 ///   task reported a `MemoryError`;
-/// - CPU time: the process died of SIGXCPU (or SIGKILL at the hard limit,
-///   once it has used more than the limit);
+/// - CPU time: the process died of SIGXCPU (a process that ignores it is
+///   killed at the hard limit, 5 s of CPU later, by SIGKILL: the kernel
+///   does not say why, and that run shows as a failure by signal 9);
 /// - processes: the cgroup counted a refused fork; or, under RLIMIT_NPROC,
 ///   "Resource temporarily unavailable" in the task's error;
 /// - open files: "Too many open files" in the task's error or stderr.
@@ -498,15 +513,16 @@ pub fn judge(limits: &ResourceLimits, outcome: Outcome, usage: &Usage, stderr: &
         _ => None,
     };
     let killed = signal.is_some();
-    let hit = if let (Some(bytes), true) = (limits.memory, usage.oom_killed) {
+    let hit = if let (Some(bytes), true) = (limits.memory, usage.oom_kills > 0) {
         Some((Limit::Memory, bytes))
     } else if let (Some(cpu), Some(nix::libc::SIGXCPU)) = (limits.cpu_time, signal) {
-        Some((Limit::CpuTime, cpu.as_secs()))
+        // The limit as enforced: whole seconds, rounded up.
+        Some((Limit::CpuTime, cpu.as_secs_f64().ceil() as u64))
     } else if let (Some(bytes), false, true) =
         (limits.memory, usage.memory_cgroup, said("MemoryError"))
     {
         Some((Limit::Memory, bytes))
-    } else if let (Some(n), true) = (limits.processes, usage.forks_refused) {
+    } else if let (Some(n), true) = (limits.processes, usage.forks_refused > 0) {
         Some((Limit::Processes, n))
     } else if let (Some(n), false, true) = (
         limits.processes,

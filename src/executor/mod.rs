@@ -87,7 +87,7 @@ impl Executor {
     fn cgroups_for(&self, spec: &TaskSpec) -> Option<&limits::Cgroups> {
         spec.limits
             .any()
-            .then(|| self.cgroups.get_or_init(limits::Cgroups::detect))
+            .then(|| self.cgroups.get_or_init(limits::Cgroups::detect_for_use))
     }
 
     /// The warm pool of a pool-mode task, created on first use.

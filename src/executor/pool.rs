@@ -109,7 +109,7 @@ impl Pool {
         let mut limits = match self.spec.limits.any() {
             true => Some(
                 Prepared::new(
-                    self.cgroups.get_or_init(Cgroups::detect),
+                    self.cgroups.get_or_init(Cgroups::detect_for_use),
                     &self.spec.limits,
                     true,
                 )
@@ -181,19 +181,18 @@ impl Pool {
         if let Some(cpu) = self.spec.limits.cpu_time {
             limits::renew_cpu_limit(worker.proc.pid, cpu);
         }
+        // The process's cgroups count for its whole life: this request's
+        // share is what they count from here.
+        let before = worker.limits.as_ref().map(Prepared::usage);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut tail = Tail::new(STDERR_TAIL);
         let mut served = worker
             .serve(&self.spec, request, id, cancel, &mut tail)
             .await;
         let stderr = tail.take();
-        if let Some(prepared) = &worker.limits {
-            served.outcome = limits::judge(
-                &self.spec.limits,
-                served.outcome,
-                &prepared.usage(),
-                &stderr,
-            );
+        if let (Some(prepared), Some(before)) = (&worker.limits, before) {
+            let usage = prepared.usage().since(before);
+            served.outcome = limits::judge(&self.spec.limits, served.outcome, &usage, &stderr);
         }
         worker.served += 1;
         let pid = worker.proc.pid;

@@ -143,6 +143,20 @@ impl<'f> Source<'f> {
         Ok(true)
     }
 
+    /// Where the data from `at` ends: just past its last byte that is not
+    /// zero (the file's zero padding is not data).
+    fn data_end(&mut self, mut at: u64) -> std::io::Result<u64> {
+        let mut end = at;
+        while at < self.size {
+            let chunk = self.get(at, WINDOW)?;
+            if let Some(last) = chunk.iter().rposition(|b| *b != 0) {
+                end = at + last as u64 + 1;
+            }
+            at += chunk.len() as u64;
+        }
+        Ok(end)
+    }
+
     /// The entry at `at` (kind and payload), if it is whole and its CRC holds.
     pub fn entry(&mut self, at: u64) -> std::io::Result<Option<&[u8]>> {
         let header = self.get(at, HEADER)?;
@@ -227,9 +241,10 @@ pub fn scan(file: &File) -> Result<Scan, String> {
                     continue;
                 }
                 None => {
+                    let end = source.data_end(at).map_err(io)?.max(at + 1);
                     scan.torn = Some(Span {
                         offset: at,
-                        len: source.size() - at,
+                        len: end - at,
                     });
                     break;
                 }
@@ -272,7 +287,7 @@ pub fn scan(file: &File) -> Result<Scan, String> {
         if markers {
             // In the last, unfinished group: never acknowledged.
             let first = unconfirmed[0].offset;
-            let torn_end = scan.torn.map_or(source.size(), Span::end);
+            let torn_end = scan.torn.map_or(scan.end, Span::end).max(first + 1);
             scan.torn = Some(Span {
                 offset: first,
                 len: torn_end - first,

@@ -180,7 +180,7 @@ fn rewrite(
     let mut order: Vec<(&String, &Span)> = live.iter().collect();
     order.sort_by_key(|(_, span)| span.offset);
     let written = (|| -> std::io::Result<Rewritten> {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, super::private_file(&tmp)?);
         out.write_all(MAGIC)?;
         let mut at = MAGIC.len() as u64;
         let mut moved = HashMap::with_capacity(order.len());

@@ -46,6 +46,7 @@ mod log;
 pub mod recover;
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -231,9 +232,31 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+/// Creates `dir` (and its parents) readable by its owner only, if it does
+/// not exist: the journal holds every task's arguments and results. An
+/// existing dir keeps its permissions.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// A new file readable and writable by its owner only (the journal and
+/// what is kept beside it hold tasks' arguments and results).
+pub(crate) fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Takes the data dir's lock, creating the dir and the lock file as needed.
 fn lock(dir: &Path) -> Result<Flock<std::fs::File>, JournalError> {
-    std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
+    private_dir(dir).map_err(|source| JournalError::CreateDir {
         dir: dir.to_path_buf(),
         source,
     })?;
@@ -246,6 +269,7 @@ fn lock(dir: &Path) -> Result<Flock<std::fs::File>, JournalError> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(dir.join(LOCK_FILE))
         .map_err(|e| open_error(format!("cannot open {LOCK_FILE}: {e}")))?;
     match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {

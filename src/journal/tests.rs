@@ -194,6 +194,8 @@ async fn a_torn_last_group_is_dropped_its_bytes_kept_and_the_rest_read() {
     let report = recover::check(dir.path()).expect("check");
     assert!(report.healthy(), "{report}");
     assert_eq!(report.torn.map(|t| t.offset), Some(b));
+    // Its length is the bytes written, not the zeros that pad the file.
+    assert_eq!(report.torn.map(|t| t.len), Some(20));
     let (journal, replay) = Journal::open(dir.path()).expect("reopen");
     let saved = replay
         .torn
@@ -374,4 +376,16 @@ async fn a_record_nested_deeper_than_json_parsers_allow_reads_back() {
     let (_journal, records) = open(dir.path());
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].result, record.result);
+}
+
+#[tokio::test]
+async fn the_data_dir_and_the_journal_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().expect("dir");
+    let dir = parent.path().join("data");
+    let (journal, _) = open(&dir);
+    write(&journal, vec![put("a", Status::Queued)]).await;
+    let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(FILE)), 0o600);
 }

@@ -243,7 +243,8 @@ impl Submit {
         let mut value: Value = decode(bytes)?;
         let auth = match value.as_object_mut().and_then(|o| o.remove("auth")) {
             Some(Value::String(auth)) => Some(auth),
-            _ => None,
+            None | Some(Value::Null) => None,
+            Some(_) => return Err("not a valid message: `auth` must be a string".to_owned()),
         };
         Submit::from_value(value).map(|message| Authed { message, auth })
     }

@@ -238,11 +238,11 @@ impl Guard {
         }
     }
 
-    /// Takes `len` bytes from the budget for large messages; `None` (and
-    /// the caller answers "busy") when they do not fit.
-    pub fn reserve(self: &Arc<Guard>, len: usize) -> Option<Reserved> {
+    /// Takes `len` bytes from the budget for large messages; when they do
+    /// not fit, why (the caller answers "busy").
+    pub fn reserve(self: &Arc<Guard>, len: usize) -> Result<Reserved, String> {
         if len <= SMALL_MESSAGE {
-            return Some(Reserved {
+            return Ok(Reserved {
                 guard: None,
                 len: 0,
             });
@@ -254,16 +254,13 @@ impl Guard {
                 (used + len <= limit).then_some(used + len)
             });
         match taken {
-            Ok(_) => Some(Reserved {
+            Ok(_) => Ok(Reserved {
                 guard: Some(Arc::clone(self)),
                 len,
             }),
-            Err(used) => {
-                self.warn(&format!(
-                    "a message of {len} bytes answered busy: {used} bytes of large messages are being read (--max-inflight-bytes {limit})"
-                ));
-                None
-            }
+            Err(used) => Err(format!(
+                "a message of {len} bytes answered busy: {used} bytes of large messages are being read (--max-inflight-bytes {limit})"
+            )),
         }
     }
 

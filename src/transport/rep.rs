@@ -215,19 +215,22 @@ impl ReplyServer {
                     let pipe = msg.pipe();
                     self.guard.request_started(pipe);
                     let reserved = if handling >= limits.max_pending {
-                        self.guard.warn(&format!(
+                        Err(format!(
                             "a request on {} answered busy: {handling} requests are under way (--max-pending {})",
                             self.url, limits.max_pending
-                        ));
-                        None
+                        ))
                     } else {
                         self.guard.reserve(msg.body().len())
                     };
-                    let Some(reserved) = reserved else {
-                        self.guard.count_busy();
-                        drop(msg);
-                        self.reply(&slots[index], &busy, pipe);
-                        continue;
+                    let reserved = match reserved {
+                        Ok(reserved) => reserved,
+                        Err(why) => {
+                            self.guard.count_busy();
+                            self.guard.warn(&why);
+                            drop(msg);
+                            self.reply(&slots[index], &busy, pipe);
+                            continue;
+                        }
                     };
                     handling += 1;
                     let request = Request { msg, _reserved: reserved };

@@ -413,3 +413,28 @@ async fn a_submit_that_times_out_says_whether_the_task_was_taken() {
     servers.abort();
     let _ = servers.await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_from_a_task_are_printed_escaped() {
+    let fx = Fixture::new("[tasks.boom]\nrunner = \"python\"\nfunction = \"pytasks:boom\"\n");
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let o = fastworker(&[
+        "submit",
+        "--base-address",
+        &cp.base,
+        "boom",
+        "\"\\u001b[2J\\u001b]0;owned\\u0007cleared\"",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = err(&o);
+    assert_contains(
+        &stderr,
+        "ValueError: \\u{1b}[2J\\u{1b}]0;owned\\u{7}cleared",
+    );
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "{stderr:?}"
+    );
+    cp.stop().await;
+}

@@ -65,9 +65,15 @@ impl Core {
                 let age = (now - finished_at).to_std().unwrap_or_default();
                 match self.results.ttl().checked_sub(age) {
                     Some(left) if !left.is_zero() => {
-                        // A callback still on its way at the stop goes now.
-                        if record.callback.is_some() && record.callback_sent.is_none() {
-                            pending_callbacks.push(record.clone());
+                        // A callback still on its way at the stop goes now,
+                        // if it may still go there.
+                        if let (Some(callback), None) = (&record.callback, record.callback_sent) {
+                            match self.settings.callbacks.check(callback) {
+                                Ok(()) => pending_callbacks.push(record.clone()),
+                                Err(e) => {
+                                    tracing::warn!(task_id = %record.task_id, "its callback is not sent: {e}");
+                                }
+                            }
                         }
                         let evicted =
                             self.results

@@ -161,6 +161,9 @@ pub struct Settings {
     pub worker_id: String,
     pub max_queue: usize,
     pub shutdown_grace: Duration,
+    /// Where callbacks may go: those of tasks taken back from the journal
+    /// are checked again (the policy may have changed).
+    pub callbacks: super::callbacks::CallbackPolicy,
 }
 
 pub struct Core {

@@ -54,6 +54,7 @@ impl Harness {
                 worker_id: "control-plane".into(),
                 max_queue: 100,
                 shutdown_grace: Duration::from_secs(1),
+                callbacks: Default::default(),
             },
             ResultCache::new(
                 NonZeroUsize::MIN.saturating_add(99),
@@ -384,4 +385,29 @@ async fn a_lease_whose_worker_does_not_come_back_runs_again_after_the_grace() {
             ..
         }]
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_process_that_registered_may_report_on_its_leases() {
+    let h = Harness::start(Default::default());
+    let mut w1 = Worker::register(&h, "w1", Vec::new()).await;
+    h.submit("t1").await;
+    let lease = w1.poll(&h, Vec::new()).await.tasks[0].clone();
+    // Another process using the same worker id, with a session of its own.
+    let impostor = Worker {
+        hello: Hello {
+            worker_id: "w1".into(),
+            session: "not-w1's-session".into(),
+        },
+        seq: 0,
+    };
+    let refused = impostor.report(&h, &lease, success()).await;
+    assert!(!refused.applied);
+    assert_eq!(
+        refused.error.as_deref(),
+        Some("subworker 'w1' is not registered with this session; register first")
+    );
+    assert_eq!(h.record("t1").await.status, Status::Running);
+    assert!(w1.report(&h, &lease, success()).await.applied);
+    assert_eq!(h.record("t1").await.status, Status::Success);
 }
