@@ -117,7 +117,7 @@ enum Stopping {
 }
 
 /// A running subworker: its link to the control plane, the tasks it runs,
-/// and where it stands. [`Subworker::run`] waits for events and hands each
+/// and where it stands. [`Subworker::serve`] waits for events and hands each
 /// to its method.
 struct Subworker {
     config: Config,

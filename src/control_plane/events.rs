@@ -17,7 +17,10 @@ use crate::manifest::Priority;
 use crate::protocol::Status;
 
 /// Events kept for listeners that fall behind, before they lose some.
-pub const BUFFER: usize = 4096;
+pub const BUFFER: usize = 65_536;
+
+/// The characters of a result an event (and a task list) shows.
+pub const RESULT_PREVIEW: usize = 100;
 
 /// An event, with its number (from 1, in order) and when it happened.
 #[derive(Debug, Clone, Serialize)]
@@ -33,10 +36,57 @@ pub struct Stamped {
 pub enum Event {
     Task(TaskEvent),
     Worker(WorkerEvent),
-    /// Finished results pushed out of the cache by its bounds.
-    CacheEvicted {
-        count: usize,
+    /// Finished tasks' records dropped: pushed out of the cache by its
+    /// bounds, expired, or deleted.
+    Forgotten {
+        task_ids: Vec<String>,
+        reason: Forget,
     },
+}
+
+/// Why finished tasks' records were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forget {
+    /// Pushed out of the result cache by its bounds (count or bytes).
+    Evicted,
+    /// Kept for the result TTL, which ran out.
+    Expired,
+    /// Deleted on request.
+    Deleted,
+}
+
+impl Forget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forget::Evicted => "evicted",
+            Forget::Expired => "expired",
+            Forget::Deleted => "deleted",
+        }
+    }
+}
+
+/// What a task was submitted with, for listeners that show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Submitted {
+    pub submitted_at: DateTime<Utc>,
+    pub eta: Option<DateTime<Utc>>,
+    pub args: Vec<serde_json::Value>,
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+    /// The task this one retries, if any.
+    pub retry_of: Option<String>,
+}
+
+impl Submitted {
+    pub fn of(record: &crate::protocol::TaskRecord) -> Arc<Submitted> {
+        Arc::new(Submitted {
+            submitted_at: record.submitted_at,
+            eta: record.eta,
+            args: record.args.clone(),
+            kwargs: record.kwargs.clone(),
+            retry_of: record.retry_of.clone(),
+        })
+    }
 }
 
 /// A task changed phase: `from` its state before (none when it was just
@@ -57,7 +107,10 @@ pub struct TaskEvent {
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum TaskChange {
     /// Taken in (its record goes to the journal).
-    Accepted,
+    Accepted {
+        #[serde(skip)]
+        submitted: Arc<Submitted>,
+    },
     /// Taken back from the journal at a start.
     Restored,
     /// Accepted, then dropped: its record could not be journaled (its
@@ -91,6 +144,8 @@ pub enum TaskChange {
         error: Option<String>,
         attempts: usize,
         run_ms: Option<f64>,
+        /// The result's JSON, cut at [`RESULT_PREVIEW`] characters.
+        result: Option<String>,
     },
 }
 
@@ -255,6 +310,20 @@ pub struct Counters {
     pub workers: BTreeMap<&'static str, i64>,
     /// Results pushed out of the cache since the start.
     pub cache_evictions: u64,
+    /// Results dropped because their TTL ran out, and on request.
+    pub expired: u64,
+    pub deleted: u64,
+    /// Ends and retries by task name.
+    pub by_name: HashMap<String, Outcomes>,
+}
+
+/// How the tasks of one name ended, and their retries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    pub success: u64,
+    pub failure: u64,
+    pub cancelled: u64,
+    pub retries: u64,
 }
 
 impl Counters {
@@ -262,7 +331,14 @@ impl Counters {
         match event {
             Event::Task(task) => self.task(task),
             Event::Worker(worker) => self.worker(worker),
-            Event::CacheEvicted { count } => self.cache_evictions += *count as u64,
+            Event::Forgotten { task_ids, reason } => {
+                let n = task_ids.len() as u64;
+                match reason {
+                    Forget::Evicted => self.cache_evictions += n,
+                    Forget::Expired => self.expired += n,
+                    Forget::Deleted => self.deleted += n,
+                }
+            }
         }
     }
 
@@ -282,7 +358,7 @@ impl Counters {
         }
         let seconds = |ms: f64| Duration::from_secs_f64(ms.max(0.0) / 1000.0).as_secs_f64();
         match &e.change {
-            TaskChange::Accepted => self.accepted += 1,
+            TaskChange::Accepted { .. } => self.accepted += 1,
             TaskChange::Started { waited_ms, .. } => {
                 self.started += 1;
                 self.wait_seconds
@@ -292,6 +368,7 @@ impl Counters {
             }
             TaskChange::Retrying { run_ms, .. } => {
                 self.retries += 1;
+                self.outcomes(&e.name).retries += 1;
                 if let Some(ms) = run_ms {
                     self.run_seconds
                         .entry(e.name.clone())
@@ -301,6 +378,12 @@ impl Counters {
             }
             TaskChange::Finished { run_ms, .. } => {
                 *self.finished.entry(e.to.as_str()).or_default() += 1;
+                let outcomes = self.outcomes(&e.name);
+                match e.to {
+                    Status::Success => outcomes.success += 1,
+                    Status::Cancelled => outcomes.cancelled += 1,
+                    _ => outcomes.failure += 1,
+                }
                 if let Some(ms) = run_ms {
                     self.run_seconds
                         .entry(e.name.clone())
@@ -314,6 +397,10 @@ impl Counters {
             | TaskChange::Restored
             | TaskChange::Refused { .. } => {}
         }
+    }
+
+    fn outcomes(&mut self, name: &str) -> &mut Outcomes {
+        self.by_name.entry(name.to_owned()).or_default()
     }
 
     fn worker(&mut self, e: &WorkerEvent) {
@@ -345,7 +432,19 @@ mod tests {
     fn counters_follow_a_task_through_its_life() {
         let events = Events::default();
         let mut listener = events.subscribe();
-        events.emit(task(None, Status::Queued, TaskChange::Accepted));
+        let record = crate::protocol::TaskRecord::new(
+            "t".into(),
+            "add".into(),
+            Priority::High,
+            Status::Queued,
+        );
+        events.emit(task(
+            None,
+            Status::Queued,
+            TaskChange::Accepted {
+                submitted: Submitted::of(&record),
+            },
+        ));
         events.emit(task(
             Some(Status::Queued),
             Status::Queued,
@@ -369,6 +468,7 @@ mod tests {
                 error: None,
                 attempts: 1,
                 run_ms: Some(300.0),
+                result: Some("8".into()),
             },
         ));
         let c = events.counters();
@@ -378,6 +478,7 @@ mod tests {
         assert_eq!(c.run_seconds["add"].count, 1);
         assert_eq!(c.run_seconds["add"].buckets[6], 1, "0.3 s is under 0.5 s");
         assert_eq!(c.run_seconds["add"].buckets[5], 0, "and over 0.25 s");
+        assert_eq!(c.by_name["add"].success, 1);
         let ids: Vec<u64> = std::iter::from_fn(|| listener.try_recv().ok().map(|e| e.id)).collect();
         assert_eq!(ids, [1, 2, 3, 4]);
         assert_eq!(events.last_id(), 4);
@@ -388,7 +489,10 @@ mod tests {
         let events = Events::new(4);
         let mut slow = events.subscribe();
         for _ in 0..10 {
-            events.emit(Event::CacheEvicted { count: 1 });
+            events.emit(Event::Forgotten {
+                task_ids: vec!["x".into()],
+                reason: Forget::Evicted,
+            });
         }
         assert!(matches!(
             slow.try_recv(),

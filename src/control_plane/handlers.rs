@@ -131,6 +131,29 @@ impl CoreHandle {
     pub async fn workers(&self) -> Option<Vec<WorkerInfo>> {
         self.ask(|respond| Command::Workers { respond }).await
     }
+
+    /// Runs `visit` over every record the core holds, in the core (so it
+    /// should be quick); false if the core has stopped.
+    pub async fn visit(&self, visit: super::core::Visit) -> bool {
+        self.tx.send(Command::Visit { visit }).await.is_ok()
+    }
+
+    /// The records of `ids` that are known, in that order.
+    pub async fn get_many(&self, ids: Vec<String>) -> Option<Vec<protocol::TaskRecord>> {
+        self.ask(|respond| Command::GetMany { ids, respond }).await
+    }
+
+    /// The queues, with the first `next` tasks of each.
+    pub async fn queues(&self, next: usize) -> Option<super::core::Queues> {
+        self.ask(|respond| Command::Queues { next, respond }).await
+    }
+
+    /// Deletes a finished task's record (answered once that is on disk).
+    pub async fn delete(&self, task_id: String) -> Result<(), super::core::Refused> {
+        self.ask(|respond| Command::Delete { task_id, respond })
+            .await
+            .unwrap_or_else(|| Err(super::core::Refused::Live(SHUT_DOWN.to_owned())))
+    }
 }
 
 /// A submit socket: a task (answered when it finishes, or at once in ack
@@ -240,7 +263,7 @@ fn refused(task_id: &str, error: String) -> TaskResult {
 }
 
 /// A task as the core takes it, once its message has passed every check.
-fn new_task(task: WireTask, callbacks: &CallbackPolicy) -> Result<NewTask, String> {
+pub fn new_task(task: WireTask, callbacks: &CallbackPolicy) -> Result<NewTask, String> {
     task.check()?;
     if let Some(callback) = &task.callback {
         callbacks
@@ -261,6 +284,7 @@ fn new_task(task: WireTask, callbacks: &CallbackPolicy) -> Result<NewTask, Strin
         priority: task.priority,
         eta,
         callback: task.callback,
+        retry_of: None,
         waiter: None,
     })
 }

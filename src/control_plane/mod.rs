@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use self::callbacks::CallbackPolicy;
-pub use self::core::Stats;
+pub use self::core::{Due, Lane, NewTask, Queued, Queues, Refused, Stats, Timed, Visit};
 pub use self::handlers::CoreHandle;
 pub use self::queue::{DispatchQueue, Waiting};
 use self::results::ResultCache;
@@ -68,6 +68,9 @@ pub struct Config {
     /// Where the journal lives (`journal.log`); `None` keeps everything in
     /// memory only (tests, and `--no-journal` for benchmarks).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Events a listener may fall behind before it loses some (see
+    /// [`events::Events::new`]).
+    pub events_buffer: usize,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             insecure: false,
             callbacks: CallbackPolicy::default(),
             data_dir: None,
+            events_buffer: events::BUFFER,
         }
     }
 }
@@ -128,6 +132,11 @@ pub struct ControlPlane {
     pub sockets: Arc<handlers::Context>,
     /// What happens in it, as it happens (see [`events`]).
     pub events: events::Events,
+    /// Where it announces itself.
+    pub discovery_address: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The journal's figures (none without a journal).
+    pub journal: Option<crate::journal::Meter>,
     tasks: JoinSet<()>,
 }
 
@@ -213,8 +222,9 @@ pub async fn start(
         None => (Executor::new(), crate::executor::Strays::default()),
     };
     let executor = Arc::new(executor);
+    let meter = journal.as_ref().map(crate::journal::Journal::meter);
     let (tx, rx) = mpsc::channel(4096);
-    let events = events::Events::default();
+    let events = events::Events::new(config.events_buffer);
     let mut core = self::core::Core::new(
         Arc::clone(&manifest),
         Arc::clone(&executor),
@@ -295,6 +305,9 @@ pub async fn start(
         guard,
         sockets: cx,
         events,
+        discovery_address: config.discovery_address.clone(),
+        started_at: chrono::Utc::now(),
+        journal: meter,
         tasks,
     })
 }

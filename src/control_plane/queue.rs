@@ -61,6 +61,11 @@ impl DispatchQueue {
         self.len() == 0
     }
 
+    /// The tasks waiting at `priority`, in the order they were queued.
+    pub fn lane(&self, priority: Priority) -> impl Iterator<Item = &Waiting> {
+        self.lanes[priority as usize].iter()
+    }
+
     /// How many tasks wait at each priority, critical first.
     pub fn lengths(&self) -> [usize; 4] {
         [0, 1, 2, 3].map(|i| self.lanes[i].len())

@@ -132,6 +132,44 @@ impl ResultCache {
         expired
     }
 
+    /// Drops a record (a delete); whether it was there.
+    pub fn remove(&mut self, task_id: &str) -> bool {
+        match self.records.pop(task_id) {
+            Some(old) => {
+                self.bytes -= old.bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every record not expired, without touching their places in the LRU.
+    pub fn records(&self) -> impl Iterator<Item = &TaskRecord> {
+        let now = Instant::now();
+        self.records
+            .iter()
+            .filter(move |(_, e)| e.expires > now)
+            .map(|(_, e)| &e.record)
+    }
+
+    /// A record, without touching its place in the LRU (none if expired).
+    pub fn peek(&self, task_id: &str) -> Option<&TaskRecord> {
+        self.records
+            .peek(task_id)
+            .filter(|e| e.expires > Instant::now())
+            .map(|e| &e.record)
+    }
+
+    /// How many records it may keep.
+    pub fn capacity(&self) -> usize {
+        self.records.cap().get()
+    }
+
+    /// The bytes the records may take.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     pub fn ttl(&self) -> Duration {
         self.ttl
     }

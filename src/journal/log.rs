@@ -35,6 +35,11 @@ pub(super) struct Log {
 }
 
 impl Log {
+    /// Where the log ends, in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     /// Writes the entries `live` names, copied from `from`, as a new log in
     /// `dir` that replaces the one at `path`, and opens it for appending.
     pub fn compacted(
@@ -65,7 +70,8 @@ impl Log {
     }
 
     /// Appends one group of changes with its commit marker and syncs it.
-    pub fn commit(&mut self, changes: &[&Change]) -> Result<(), String> {
+    /// Writes `changes` as one group and syncs it; returns the bytes written.
+    pub fn commit(&mut self, changes: &[&Change]) -> Result<u64, String> {
         // Replaying keeps each task's last change, so a group needs no other.
         let mut last: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
         for (i, change) in changes.iter().enumerate() {
@@ -95,7 +101,7 @@ impl Log {
             }
         }
         if buf.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         format::encode(&mut buf, COMMIT, &(self.group + 1).to_le_bytes());
         let end = self.len + buf.len() as u64;
@@ -113,6 +119,7 @@ impl Log {
             let _ = self.file.write_all_at(&vec![0; buf.len()], self.len);
             return Err(format!("cannot write {}: {e}", self.path.display()));
         }
+        let written = buf.len() as u64;
         self.len = end;
         self.group += 1;
         for (task_id, put) in staged {
@@ -132,7 +139,7 @@ impl Log {
                 }
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Makes the file at least `end` bytes long (and a chunk more), zeroed.

@@ -204,6 +204,9 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     commits: AtomicU64,
+    /// Bytes committed since the start, and the log's length now.
+    bytes: AtomicU64,
+    size: AtomicU64,
 }
 
 impl Shared {
@@ -290,6 +293,8 @@ impl Journal {
             queue: Mutex::default(),
             wake: Condvar::new(),
             commits: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            size: AtomicU64::new(log.len()),
         });
         let writer = {
             let shared = Arc::clone(&shared);
@@ -338,6 +343,41 @@ impl Journal {
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
     }
+
+    /// A handle that reads the journal's figures (for `/metrics`).
+    pub fn meter(&self) -> Meter {
+        Meter(Arc::clone(&self.shared))
+    }
+}
+
+/// Reads a journal's figures while the core owns the journal.
+#[derive(Clone)]
+pub struct Meter(Arc<Shared>);
+
+impl Meter {
+    /// Groups committed since the start.
+    pub fn commits(&self) -> u64 {
+        self.0.commits.load(Ordering::Relaxed)
+    }
+
+    /// Bytes committed since the start.
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The log's length after the last commit (compactions shrink it).
+    pub fn size(&self) -> u64 {
+        self.0.size.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter")
+            .field("commits", &self.commits())
+            .field("bytes", &self.bytes())
+            .finish()
+    }
 }
 
 impl Drop for Journal {
@@ -356,9 +396,15 @@ impl Drop for Journal {
 fn write_loop(mut log: Log, shared: &Shared) {
     while let Some(group) = next_group(shared) {
         let changes: Vec<&Change> = group.iter().flat_map(|w| &w.changes).collect();
-        let result = log.commit(&changes).inspect_err(|e| {
-            tracing::error!(journal = %log.path.display(), "commit failed: {e}");
-        });
+        let result = log
+            .commit(&changes)
+            .inspect_err(|e| {
+                tracing::error!(journal = %log.path.display(), "commit failed: {e}");
+            })
+            .map(|written| {
+                shared.bytes.fetch_add(written, Ordering::Relaxed);
+            });
+        shared.size.store(log.len(), Ordering::Relaxed);
         shared.commits.fetch_add(1, Ordering::Relaxed);
         for write in group {
             if let Some(done) = write.done {

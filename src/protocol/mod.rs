@@ -46,6 +46,45 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("not a valid message: {e}"))
 }
 
+/// A value's JSON, cut after `max` characters (with `…`), for lists and
+/// event streams: at most about `max` bytes are ever encoded, however large
+/// the value.
+pub fn preview<T: Serialize + ?Sized>(value: &T, max: usize) -> String {
+    struct Bounded {
+        out: Vec<u8>,
+        max: usize,
+    }
+    impl std::io::Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = (self.max * 4 + 4).saturating_sub(self.out.len());
+            self.out.extend_from_slice(&buf[..buf.len().min(room)]);
+            if buf.len() > room {
+                return Err(std::io::Error::other("long enough"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut bounded = Bounded {
+        out: Vec::new(),
+        max,
+    };
+    // An error only says the value is longer than `max`.
+    let _ = serde_json::to_writer(&mut bounded, value);
+    let text = String::from_utf8_lossy(&bounded.out);
+    cut(&text, max)
+}
+
+/// `text`, cut after `max` characters (with `…`).
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// fastworker extension: a request with the token it carried, an `auth`
 /// field at the top level of any request (see [`crate::auth`]).
 /// FastWorker's Python client sends none.
@@ -488,6 +527,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_preview_is_cut_and_never_encodes_a_large_value_whole() {
+        assert_eq!(preview(&serde_json::json!([5, 3]), 100), "[5,3]");
+        let big = serde_json::json!({"data": "é".repeat(1_000_000)});
+        let short = preview(&big, 10);
+        assert_eq!(short, "{\"data\":\"é…");
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcd", 3), "abc…");
+    }
 
     #[test]
     fn tcp_endpoints_follow_fastworker_ports() {

@@ -82,6 +82,10 @@ pub struct TaskRecord {
     pub worker: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    /// fastworker extension: the task this one retries (a retry from the
+    /// GUI or its API is a new task linked to the old one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 impl TaskRecord {
@@ -139,6 +143,7 @@ impl TaskRecord {
             attempts: Vec::new(),
             callback: None,
             callback_sent: None,
+            retry_of: None,
             worker: None,
             lease: None,
         }

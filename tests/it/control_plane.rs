@@ -605,7 +605,7 @@ async fn the_events_of_a_hundred_tasks_all_come_in_order() {
         if let Event::Task(task) = &stamped.event {
             assert!(ids.contains(&task.task_id));
             let change = match &task.change {
-                TaskChange::Accepted => "accepted",
+                TaskChange::Accepted { .. } => "accepted",
                 TaskChange::Queued => "queued",
                 TaskChange::Started { worker: None, .. } => "started here",
                 TaskChange::Finished { .. } if task.to == Status::Success => "succeeded",

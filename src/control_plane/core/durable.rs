@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::Core;
 use super::phase::Phase;
-use crate::control_plane::events::TaskChange;
+use crate::control_plane::events::{Event, Forget, TaskChange};
 use crate::journal::{Change, Commit, Done, Replay};
 use crate::protocol::{Attempt, CutShort, Status, TaskRecord};
 
@@ -55,7 +55,8 @@ impl Core {
     /// commit window before a crash, and that run is listed as lost too.
     pub fn restore(&mut self, replay: Replay, killed: &BTreeSet<String>) {
         let quarantined = replay.quarantined.len();
-        let (mut finished, mut requeued, mut forgotten) = (0, 0, Vec::new());
+        let (mut finished, mut requeued) = (0, 0);
+        let (mut evicted, mut expired) = (Vec::new(), Vec::new());
         let mut pending_callbacks = Vec::new();
         let now = Utc::now();
         // Oldest submit first: waiting tasks keep their old order.
@@ -75,13 +76,14 @@ impl Core {
                                 }
                             }
                         }
-                        let evicted =
-                            self.results
-                                .insert_until(record, bytes, Instant::now() + left);
-                        forgotten.extend(evicted);
+                        evicted.extend(self.results.insert_until(
+                            record,
+                            bytes,
+                            Instant::now() + left,
+                        ));
                         finished += 1;
                     }
-                    _ => forgotten.push(record.task_id),
+                    _ => expired.push(record.task_id),
                 }
                 continue;
             }
@@ -133,7 +135,8 @@ impl Core {
             self.place(&task_id);
             requeued += 1;
         }
-        self.forget(forgotten);
+        self.forget(evicted, Forget::Evicted);
+        self.forget(expired, Forget::Expired);
         for record in &pending_callbacks {
             self.send_callback(record);
         }
@@ -314,15 +317,20 @@ impl Core {
         }
     }
 
-    /// Drops records from the journal (their results expired or were evicted).
-    pub(super) fn forget(&self, task_ids: Vec<String>) {
-        if let (Some(journal), false) = (&self.journal, task_ids.is_empty()) {
+    /// Drops finished tasks' records from the journal (their results
+    /// expired, were evicted or deleted), and says so.
+    pub(super) fn forget(&self, task_ids: Vec<String>, reason: Forget) {
+        if task_ids.is_empty() {
+            return;
+        }
+        if let Some(journal) = &self.journal {
             journal.write(
-                task_ids.into_iter().map(Change::Delete).collect(),
+                task_ids.iter().cloned().map(Change::Delete).collect(),
                 Commit::Soon,
                 None,
             );
         }
+        self.events.emit(Event::Forgotten { task_ids, reason });
     }
 
     /// Sends a finished task's callback, if it has one; how it went comes

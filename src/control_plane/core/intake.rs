@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::phase::Phase;
 use super::{Core, NewTask};
-use crate::control_plane::events::TaskChange;
+use crate::control_plane::events::{Submitted, TaskChange};
 use crate::control_plane::queue::Waiting;
 use crate::control_plane::workers::Workers;
 use crate::manifest::{Manifest, Priority};
@@ -135,14 +135,16 @@ impl Core {
             submitted_at: now,
             eta: task.eta,
             callback: task.callback,
+            retry_of: task.retry_of,
             ..TaskRecord::new(task.task_id.clone(), task.name.clone(), priority, status)
         };
         tracing::debug!(task_id = %task.task_id, name = %task.name, %priority, status = status.as_str(), "task accepted");
+        let submitted = Submitted::of(&record);
         self.tasks.insert(
             record,
             task.waiter.into_iter().collect(),
             Phase::Accepting,
-            Some(TaskChange::Accepted),
+            Some(TaskChange::Accepted { submitted }),
         );
         (Some(task.task_id), status)
     }

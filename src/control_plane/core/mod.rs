@@ -28,6 +28,9 @@ mod phase;
 mod runs;
 #[cfg(test)]
 mod tests;
+mod views;
+
+pub use self::views::{Due, Lane, Queued, Queues, Refused, Timed, Visit};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -70,6 +73,8 @@ pub struct NewTask {
     pub priority: Option<Priority>,
     pub eta: Option<DateTime<Utc>>,
     pub callback: Option<Value>,
+    /// The task this one retries.
+    pub retry_of: Option<String>,
     /// Gets the final record (blocking submits).
     pub waiter: Option<oneshot::Sender<TaskRecord>>,
 }
@@ -135,9 +140,28 @@ pub enum Command {
     Workers {
         respond: oneshot::Sender<Vec<WorkerInfo>>,
     },
+    /// Every record, to a visitor (see [`views`]).
+    Visit {
+        visit: Visit,
+    },
+    /// The records of these ids that are known, in order.
+    GetMany {
+        ids: Vec<String>,
+        respond: oneshot::Sender<Vec<TaskRecord>>,
+    },
+    /// The queues, with the first `next` tasks of each.
+    Queues {
+        next: usize,
+        respond: oneshot::Sender<Queues>,
+    },
+    /// Deletes a finished task's record.
+    Delete {
+        task_id: String,
+        respond: oneshot::Sender<Result<(), Refused>>,
+    },
 }
 
-/// Counts for logs and the GUI.
+/// Counts for logs, the GUI and `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub queued: [usize; 4],
@@ -148,6 +172,12 @@ pub struct Stats {
     pub cached_bytes: usize,
     /// Results pushed out of the cache by its bounds since the start.
     pub cache_evictions: u64,
+    /// The cache's bounds: records, bytes, and how long each is kept.
+    pub cache_capacity: usize,
+    pub cache_max_bytes: usize,
+    pub cache_ttl: Duration,
+    /// Whether it drains (after a shutdown signal): no new tasks.
+    pub draining: bool,
 }
 
 /// The core's settings.
@@ -302,6 +332,10 @@ impl Core {
                     cached_results: self.results.len(),
                     cached_bytes: self.results.bytes(),
                     cache_evictions: self.results.evictions(),
+                    cache_capacity: self.results.capacity(),
+                    cache_max_bytes: self.results.max_bytes(),
+                    cache_ttl: self.results.ttl(),
+                    draining: self.draining,
                 });
             }
             Command::Finished { task_id, execution } => {
@@ -337,6 +371,14 @@ impl Core {
                 let _ = respond.send(self.worker_list());
             }
             Command::ForceStop => self.cancel_running(),
+            Command::Visit { visit } => self.visit(visit),
+            Command::GetMany { ids, respond } => {
+                let _ = respond.send(self.get_many(&ids));
+            }
+            Command::Queues { next, respond } => {
+                let _ = respond.send(self.queues(next));
+            }
+            Command::Delete { task_id, respond } => self.delete(&task_id, respond),
         }
     }
 
@@ -348,7 +390,7 @@ impl Core {
             kept = self.results.len(),
             "result cache swept"
         );
-        self.forget(expired);
+        self.forget(expired, super::events::Forget::Expired);
     }
 
     fn add_timer(&mut self, at: Instant, task_id: &str) -> phase::Timer {

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::control_plane::events::{Event, Events, TaskChange, TaskEvent};
+use crate::control_plane::events::{Event, Events, RESULT_PREVIEW, TaskChange, TaskEvent};
 use crate::protocol::{Status, TaskRecord};
 
 /// A timer's place in the core's timer set: when, and a tie-breaker.
@@ -111,6 +111,11 @@ impl Active {
         }
     }
 
+    /// How long it has been in the queue (since it last entered it).
+    pub fn queued_for(&self) -> std::time::Duration {
+        self.queued_since.elapsed()
+    }
+
     pub fn finishing(&self) -> Option<Status> {
         match self.phase {
             Phase::Finishing(status) => Some(status),
@@ -150,6 +155,10 @@ impl Tasks {
     /// A task to edit (its record, waiters, readers: not its phase).
     pub fn get_mut(&mut self, task_id: &str) -> Option<&mut Active> {
         self.active.get_mut(task_id)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Active> {
+        self.active.values()
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Active> {
@@ -265,10 +274,13 @@ impl Tasks {
             .last()
             .and_then(|a| a.execution())
             .map(|e| e.duration.as_secs_f64() * 1e3);
+        let result = (!record.result.is_null())
+            .then(|| crate::protocol::preview(&record.result, RESULT_PREVIEW));
         let change = TaskChange::Finished {
             error: record.error.clone(),
             attempts: record.attempts.len(),
             run_ms,
+            result,
         };
         self.emit(record, Some(from), record.status, change);
     }

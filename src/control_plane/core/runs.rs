@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::intake::policy_in;
 use super::phase::Phase;
 use super::{Command, Core};
-use crate::control_plane::events::{Event, TaskChange};
+use crate::control_plane::events::{Forget, TaskChange};
 use crate::executor::{Execution, Outcome, TaskRequest, retry};
 use crate::protocol::{Attempt, Lease, Status, TaskRecord};
 
@@ -283,12 +283,7 @@ impl Core {
         }
         self.send_callback(&record);
         let evicted = self.results.insert(record, bytes);
-        if !evicted.is_empty() {
-            self.events.emit(Event::CacheEvicted {
-                count: evicted.len(),
-            });
-        }
-        self.forget(evicted);
+        self.forget(evicted, Forget::Evicted);
     }
 }
 

@@ -91,6 +91,7 @@ impl Harness {
             priority: None,
             eta: None,
             callback: None,
+            retry_of: None,
             waiter: None,
         };
         let accepted = self
@@ -117,7 +118,7 @@ impl Harness {
         while let Ok(stamped) = self.events.try_recv() {
             if let Event::Task(task) = &stamped.event {
                 let name = match task.change {
-                    TaskChange::Accepted => "accepted",
+                    TaskChange::Accepted { .. } => "accepted",
                     TaskChange::Restored => "restored",
                     TaskChange::Refused { .. } => "refused",
                     TaskChange::Queued => "queued",
