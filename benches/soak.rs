@@ -159,6 +159,7 @@ async fn control_plane(dir: &Path, extra: &[&str]) -> (Child, String) {
         let mut child = Command::new(BIN)
             .args([
                 "control-plane",
+                "--no-gui",
                 "--base-address",
                 &base,
                 "--discovery-address",

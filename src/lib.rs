@@ -13,10 +13,15 @@
 //! - [`transport`] is the only code that touches NNG.
 //! - [`control_plane`] takes tasks through `transport`, orders them in its
 //!   core (queue, timers, result cache) and runs them through `executor`.
+//! - [`gui`] serves the operators' web GUI, its JSON API, its event stream
+//!   and `/metrics` from the control plane's process (axum), fed by the
+//!   control plane's events.
 //! - [`client`] is the other end, for the CLI and for Rust programs.
 //! - [`subworker`] runs tasks a control plane leases to it, through
 //!   `client` and `executor`; the control plane's side of that is its
 //!   `workers` registry.
+//! - [`journal`] keeps every task durable on disk; [`auth`] the tokens;
+//!   [`throttle`] and [`clock`] are small helpers.
 //! - [`runners`] carries the language runners (the Python runner) inside the binary.
 //! - [`cli`] is the command line: it parses arguments, calls the library and
 //!   maps errors to exit codes. `main.rs` only calls [`cli::main`].
@@ -31,6 +36,7 @@ pub mod client;
 pub mod clock;
 pub mod control_plane;
 pub mod executor;
+pub mod gui;
 pub mod journal;
 pub mod manifest;
 pub mod protocol;

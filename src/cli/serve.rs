@@ -61,15 +61,8 @@ pub struct ControlPlaneArgs {
     /// Keep tasks in memory only (for benchmarks: a crash loses them)
     #[arg(long)]
     pub no_journal: bool,
-    /// Web GUI host (the GUI arrives in a later release; accepted now)
-    #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
-    pub gui_host: String,
-    /// Web GUI port (the GUI arrives in a later release; accepted now)
-    #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
-    pub gui_port: u16,
-    /// Do not serve the web GUI
-    #[arg(long, env = "FASTWORKER_NO_GUI")]
-    pub no_gui: bool,
+    #[command(flatten)]
+    pub gui: GuiArgs,
     /// Run no tasks here: only hand them to subworkers (a pure coordinator)
     #[arg(long, env = "FASTWORKER_NO_LOCAL_TASKS")]
     pub no_local_tasks: bool,
@@ -303,6 +296,102 @@ pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> CliResul
     }
 }
 
+/// The web GUI's flags (see docs/gui.md).
+#[derive(Debug, Clone, Args)]
+pub struct GuiArgs {
+    /// Web GUI host (a host beyond loopback needs --gui-token)
+    #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
+    pub gui_host: String,
+    /// Web GUI port (0: any free port, printed in the ready line)
+    #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
+    pub gui_port: u16,
+    /// Do not serve the web GUI
+    #[arg(long, env = "FASTWORKER_NO_GUI")]
+    pub no_gui: bool,
+    /// Serve the web GUI: true/false, 1/0, yes/no, on/off (FastWorker's switch; --no-gui wins)
+    #[arg(long, env = "FASTWORKER_GUI_ENABLED", value_parser = switch, value_name = "BOOL")]
+    pub gui_enabled: Option<bool>,
+    /// A token every GUI route requires (reads, events and /metrics included)
+    #[arg(
+        long,
+        env = "FASTWORKER_GUI_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub gui_token: Option<String>,
+    /// Read the GUI's token from this file (its first line)
+    #[arg(
+        long,
+        env = "FASTWORKER_GUI_TOKEN_FILE",
+        conflicts_with = "gui_token",
+        value_name = "PATH"
+    )]
+    pub gui_token_file: Option<std::path::PathBuf>,
+    /// Serve the GUI beyond loopback with no token (anyone who reaches it can act on every task)
+    #[arg(long)]
+    pub gui_insecure: bool,
+    /// /metrics needs no token (for a scraper on a private network)
+    #[arg(long)]
+    pub gui_metrics_public: bool,
+    /// Hide and refuse every action in the GUI (submit, cancel, retry, delete)
+    #[arg(long, env = "FASTWORKER_GUI_READ_ONLY")]
+    pub gui_read_only: bool,
+    /// Keyword arguments the GUI shows as "***" (names, comma-separated or repeated)
+    #[arg(
+        long,
+        env = "FASTWORKER_GUI_REDACT",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
+    pub gui_redact: Vec<String>,
+    /// Another Host the GUI answers to (a reverse proxy's name); repeatable
+    #[arg(long, value_name = "HOST")]
+    pub gui_allowed_host: Vec<String>,
+    /// Send CORS headers for this origin (none are sent otherwise)
+    #[arg(long, value_name = "ORIGIN")]
+    pub gui_cors_origin: Option<String>,
+    /// The largest request body the GUI takes
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes, value_name = "SIZE")]
+    pub gui_max_body: usize,
+}
+
+impl GuiArgs {
+    /// The GUI's settings, or none when it is off.
+    fn config(&self, data_dir: Option<&Path>) -> Result<Option<crate::gui::GuiConfig>, String> {
+        if self.no_gui || self.gui_enabled == Some(false) {
+            return Ok(None);
+        }
+        let token =
+            super::args::token_from(self.gui_token.as_deref(), self.gui_token_file.as_deref())
+                .map_err(|e| format!("--gui-token: {e}"))?;
+        Ok(Some(crate::gui::GuiConfig {
+            host: self.gui_host.clone(),
+            port: self.gui_port,
+            token,
+            insecure: self.gui_insecure,
+            metrics_public: self.gui_metrics_public,
+            read_only: self.gui_read_only,
+            redact: self.gui_redact.clone(),
+            allowed_hosts: self.gui_allowed_host.clone(),
+            cors_origin: self.gui_cors_origin.clone(),
+            max_body: self.gui_max_body,
+            history: data_dir.map(|d| d.join("gui-history.json")),
+            ..crate::gui::GuiConfig::new()
+        }))
+    }
+}
+
+/// A yes/no switch as FastWorker's environment variables take it.
+fn switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!(
+            "'{other}' is not a switch: true/false, 1/0, yes/no, on/off"
+        )),
+    }
+}
+
 pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> CliResult {
     let manifest = crate::manifest::Manifest::discover(manifest)
         .map(Arc::new)
@@ -335,9 +424,10 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> C
         client: args.token.token().map_err(CliError::Unusable)?,
         worker: args.worker_token.token().map_err(CliError::Unusable)?,
     };
-    if !args.no_gui {
-        tracing::info!(host = %args.gui_host, port = args.gui_port, "the web GUI arrives in a later release; not serving it");
-    }
+    let gui_config = args
+        .gui
+        .config(config.data_dir.as_deref())
+        .map_err(CliError::Unusable)?;
 
     // Past a file-size limit (`ulimit -f`), a journal write must fail with
     // EFBIG and be reported, not kill the process with SIGXFSZ. A handler
@@ -349,6 +439,24 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> C
     let running = control_plane::start(config.clone(), Arc::clone(&manifest), shutdown.clone())
         .await
         .map_err(|e| CliError::Unusable(format!("cannot start the control plane: {e}")))?;
+    let gui = match gui_config {
+        Some(gui_config) => match crate::gui::start(gui_config, &running).await {
+            Ok(gui) => Some(gui),
+            Err(e) => {
+                // Nothing was accepted yet: stop what started, and say why.
+                shutdown.cancel();
+                running.wait().await;
+                return Err(CliError::Unusable(format!(
+                    "cannot start the control plane: {e}"
+                )));
+            }
+        },
+        None => None,
+    };
+    let gui_line = match &gui {
+        Some(gui) => format!("GUI on {}", gui.url),
+        None => "no GUI (--no-gui)".to_owned(),
+    };
     let journal = match &config.data_dir {
         Some(dir) if !running.quarantined.is_empty() => format!(
             "journal in {}, {} undecodable record{} quarantined in {} (see the log above)",
@@ -365,7 +473,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> C
         None => "no journal (--no-journal: a crash loses every task)".to_owned(),
     };
     eprintln!(
-        "fastworker control plane '{}' ready: submits on {} … {}, queries on {}, announced on {}; {} tasks from {}, concurrency {}; {journal}",
+        "fastworker control plane '{}' ready: submits on {} … {}, queries on {}, announced on {}; {} tasks from {}, concurrency {}; {journal}; {gui_line}",
         config.worker_id,
         running
             .endpoints
@@ -382,6 +490,9 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> C
         core.force_stop().await;
     }));
     running.wait().await;
+    if let Some(gui) = gui {
+        gui.stop().await;
+    }
     eprintln!("fastworker control plane stopped");
     Ok(())
 }

@@ -217,6 +217,11 @@ impl TestControlPlane {
         panic!("no free ports for a control plane");
     }
 
+    /// The running control plane (to start a GUI on it).
+    pub fn plane(&self) -> &fastworker::control_plane::ControlPlane {
+        self.running.as_ref().expect("running until stopped")
+    }
+
     /// Shuts down (as on SIGTERM) and waits until it has stopped.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -368,6 +373,13 @@ pub async fn spawn_control_plane_at(
         .map(str::to_owned),
     );
     args.extend(extra.iter().map(|s| (*s).to_owned()));
+    // Tests run side by side: no GUI on the fixed port 8080 unless asked.
+    if !extra
+        .iter()
+        .any(|a| a.starts_with("--gui") || *a == "--no-gui")
+    {
+        args.push("--no-gui".to_owned());
+    }
     let (process, line) = spawn_logged(&args, &["ready"], &["cannot start"]).await;
     match line {
         Ok(_) => Ok(process),

@@ -7,6 +7,8 @@ mod cli_remote;
 mod control_plane;
 mod durability;
 mod fuzz;
+mod gui;
+mod gui_browser;
 mod helpers;
 mod journal;
 mod limits;

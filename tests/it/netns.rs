@@ -153,6 +153,7 @@ async fn a_subworker_cut_off_mid_task_is_replaced_and_rejoins_across_hosts() {
             "cp",
             &[
                 "control-plane",
+                "--no-gui",
                 "--base-address",
                 &base,
                 "--discovery-address",
@@ -428,6 +429,7 @@ async fn a_subworker_reaches_a_loopback_control_plane_through_an_ssh_tunnel() {
             BIN,
             &[
                 "control-plane",
+                "--no-gui",
                 "--base-address",
                 base,
                 "--discovery-address",
