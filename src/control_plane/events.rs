@@ -315,6 +315,8 @@ pub struct Counters {
     pub deleted: u64,
     /// Ends and retries by task name.
     pub by_name: HashMap<String, Outcomes>,
+    /// Attempts running now (here or on subworkers), by task name.
+    pub running_by_name: HashMap<String, i64>,
 }
 
 /// How the tasks of one name ended, and their retries.
@@ -349,6 +351,12 @@ impl Counters {
             if from == Status::Queued {
                 self.queued_by_priority[e.priority as usize] -= 1;
             }
+        }
+        if e.from == Some(Status::Running) && e.to != Status::Running {
+            *self.running_by_name.entry(e.name.clone()).or_default() -= 1;
+        }
+        if e.to == Status::Running && e.from != Some(Status::Running) {
+            *self.running_by_name.entry(e.name.clone()).or_default() += 1;
         }
         if live(e.to) {
             *self.current.entry(e.to.as_str()).or_default() += 1;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use super::api::{error, filter_of, gone};
+use super::api::{TaskId, error, filter_of, gone};
 use super::index::Filter;
 use super::state::App;
 use crate::control_plane::{NewTask, Refused};
@@ -74,13 +74,14 @@ struct SubmitBody {
 /// A core refusal as an answer: a full queue or a stop is the service's
 /// state (503), anything else the request's fault (400).
 fn refused(message: String) -> Response {
-    let busy = message.starts_with("queue full") || message.contains("shutting down");
+    let journal = message.contains("could not be journaled");
+    let busy = journal || message.starts_with("queue full") || message.contains("shutting down");
     let status = if busy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::BAD_REQUEST
     };
-    error(status, message)
+    error(status, super::view::public_error(&message))
 }
 
 pub async fn submit(State(app): State<App>, bytes: Result<Bytes, BytesRejection>) -> Response {
@@ -221,12 +222,15 @@ async fn retry_one(app: &App, task_id: String) -> Done {
             "status": statuses.first(),
         })),
         Err(e) => {
-            let status = if e.starts_with("queue full") || e.contains("shutting down") {
+            let busy = e.starts_with("queue full")
+                || e.contains("shutting down")
+                || e.contains("could not be journaled");
+            let status = if busy {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::CONFLICT
             };
-            Done::Failed(status, e)
+            Done::Failed(status, super::view::public_error(&e))
         }
     }
 }
@@ -241,7 +245,7 @@ async fn delete_one(app: &App, task_id: String) -> Done {
 
 pub async fn cancel(
     State(app): State<App>,
-    Path(task_id): Path<String>,
+    TaskId(task_id): TaskId,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(r) = body::<Value>(bytes) {
@@ -252,7 +256,7 @@ pub async fn cancel(
 
 pub async fn retry(
     State(app): State<App>,
-    Path(task_id): Path<String>,
+    TaskId(task_id): TaskId,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(r) = body::<Value>(bytes) {
@@ -261,7 +265,7 @@ pub async fn retry(
     retry_one(&app, task_id).await.response(StatusCode::CREATED)
 }
 
-pub async fn delete(State(app): State<App>, Path(task_id): Path<String>) -> Response {
+pub async fn delete(State(app): State<App>, TaskId(task_id): TaskId) -> Response {
     delete_one(&app, task_id).await.response(StatusCode::OK)
 }
 
@@ -296,7 +300,7 @@ pub async fn bulk(State(app): State<App>, bytes: Result<Bytes, BytesRejection>) 
                 Ok((filter, ..)) => filter,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("filter: {e}")),
             };
-            app.index().ids(&filter, MAX_BULK)
+            app.index().ids(&filter, MAX_BULK + 1)
         }
         _ => {
             return error(
@@ -315,6 +319,9 @@ pub async fn bulk(State(app): State<App>, bytes: Result<Bytes, BytesRejection>) 
             ),
         );
     }
+    // A filter that matches more acts on the newest MAX_BULK, and says so.
+    let limited = ids.len() > MAX_BULK;
+    let ids: Vec<String> = ids.into_iter().take(MAX_BULK).collect();
     let matched = ids.len();
     let results: Vec<(String, Done)> = futures_util::stream::iter(ids)
         .map(|id| {
@@ -348,6 +355,7 @@ pub async fn bulk(State(app): State<App>, bytes: Result<Bytes, BytesRejection>) 
     Json(json!({
         "action": action,
         "matched": matched,
+        "limited": limited,
         "done": done,
         "failed": failed,
         "new_task_ids": new_ids,

@@ -237,7 +237,7 @@ fn parse_when(key: &str, value: &str) -> Result<DateTime<Utc>, String> {
     humantime::parse_duration(value)
         .ok()
         .and_then(|d| chrono::Duration::from_std(d).ok())
-        .map(|d| Utc::now() - d)
+        .and_then(|d| Utc::now().checked_sub_signed(d))
         .ok_or_else(|| {
             format!(
                 "{key} '{}' is neither a time (RFC 3339, like 2026-11-29T15:00:00Z) nor an age (like 15m, 2h, 1d)",
@@ -298,11 +298,32 @@ pub async fn tasks(
         "total": page.total,
         "counts": counts,
         "limit": limit,
-        "offset": 0,
+        "offset": page.offset,
         "next_cursor": page.next_cursor,
         "last_event_id": app.hub.event_id(page.last_event),
     }))
     .into_response()
+}
+
+/// A task id from the path, or a JSON error saying it cannot be read.
+#[derive(Debug)]
+pub struct TaskId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TaskId {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(TaskId(id)),
+            Err(_) => Err(error(
+                StatusCode::BAD_REQUEST,
+                "the task id in the path cannot be read (percent-encode it, as UTF-8)".to_owned(),
+            )),
+        }
+    }
 }
 
 pub fn not_found(task_id: &str) -> Response {
@@ -315,7 +336,7 @@ pub fn not_found(task_id: &str) -> Response {
     )
 }
 
-pub async fn detail(State(app): State<App>, Path(task_id): Path<String>) -> Response {
+pub async fn detail(State(app): State<App>, TaskId(task_id): TaskId) -> Response {
     let Some(record) = app.core.get(task_id.clone()).await else {
         return not_found(&task_id);
     };
@@ -440,6 +461,7 @@ pub async fn registered(State(app): State<App>) -> Response {
                 "retries": spec.map(|s| s.retries),
                 "workers": defined_by,
                 "stats": {
+                    "running": counters.running_by_name.get(name).copied().unwrap_or(0).max(0),
                     "success": outcomes.success,
                     "failure": outcomes.failure,
                     "cancelled": outcomes.cancelled,

@@ -126,14 +126,18 @@ fn save(app: &App) {
 }
 
 fn apply(app: &App, batch: &[Arc<Stamped>]) {
-    {
+    // Events the read model already reflects (from before a reload) are
+    // not sent again.
+    let floor = {
         let mut index = app.index_mut();
+        let floor = index.last_event();
         for event in batch {
             index.apply(event);
         }
-    }
+        floor
+    };
     let mut frames = Batch::default();
-    for event in batch {
+    for event in batch.iter().filter(|e| e.id > floor) {
         if let Some((name, data)) = frame(app, event) {
             frames.push(&app.hub, event.id, name, |buf| {
                 let _ = serde_json::to_writer(buf, &data);
@@ -172,7 +176,7 @@ pub struct Data<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     priority: Option<Priority>,
     status: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The state before (null: a new task, or a worker not known before).
     from: Option<&'a str>,
     #[serde(with = "millis")]
     at: DateTime<Utc>,
@@ -309,7 +313,7 @@ pub fn frame<'a>(app: &'a App, stamped: &'a Stamped) -> Option<(&'static str, Da
                     "task.requeued"
                 }
                 TaskChange::Refused { error } => {
-                    data.error = Some(cut(error, ERROR_PREVIEW));
+                    data.error = Some(super::view::public_error(error));
                     "task.refused"
                 }
                 TaskChange::Finished {

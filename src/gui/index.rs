@@ -238,6 +238,9 @@ pub struct Page {
     /// Rows matching every filter but the states, by state (see [`STATES`]).
     pub counts: [u64; 7],
     pub next_cursor: Option<String>,
+    /// Rows before this page, when known (the first page, and the pages of
+    /// the sorts that page by offset).
+    pub offset: Option<usize>,
     /// The last event the list reflects.
     pub last_event: u64,
 }
@@ -491,12 +494,15 @@ impl TaskIndex {
             Sort::Newest | Sort::Oldest => {
                 let after = match cursor {
                     Some(c) => Some(parse_cursor(c, 's')?),
-                    None => None,
+                    None => {
+                        page.offset = Some(0);
+                        None
+                    }
                 };
                 let rows: Box<dyn Iterator<Item = &Row>> = match (sort, after) {
                     (Sort::Newest, Some(c)) => Box::new(self.rows.range(..c).rev().map(|r| r.1)),
                     (Sort::Newest, None) => Box::new(self.rows.values().rev()),
-                    (_, Some(c)) => Box::new(self.rows.range(c + 1..).map(|r| r.1)),
+                    (_, Some(c)) => Box::new(self.rows.range(c.saturating_add(1)..).map(|r| r.1)),
                     (_, None) => Box::new(self.rows.values()),
                 };
                 let mut taken: Vec<Row> = rows
@@ -533,8 +539,10 @@ impl TaskIndex {
                     .take(limit)
                     .map(|r| (*r).clone())
                     .collect();
-                if offset + limit < matching.len() {
-                    page.next_cursor = Some(format!("o{}", offset + limit));
+                page.offset = Some(offset);
+                let end = offset.saturating_add(limit);
+                if end < matching.len() {
+                    page.next_cursor = Some(format!("o{end}"));
                 }
             }
         }

@@ -169,7 +169,12 @@ pub async fn app(
         0,
         config.keep_alive,
     ));
-    let hosts = security::allowed_hosts(&config.host, port, &config.allowed_hosts);
+    let hosts = security::allowed_hosts(
+        &config.host,
+        port,
+        &config.allowed_hosts,
+        config.token.is_some(),
+    );
     let app = Arc::new(AppState {
         guard: security::Guard::new(
             config.token.clone(),
@@ -220,6 +225,7 @@ pub fn router(app: App, max_body: usize) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -361,6 +367,17 @@ async fn logout() -> Response {
         ],
     )
         .into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    api::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {} (docs/gui.md lists each endpoint's methods)",
+            request.method(),
+            crate::protocol::cut(request.uri().path(), 100)
+        ),
+    )
 }
 
 async fn fallback(request: Request) -> Response {

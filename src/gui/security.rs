@@ -97,17 +97,40 @@ impl Guard {
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .map(str::to_lowercase);
-        host.is_some_and(|h| hosts.contains(&h))
+        // A DNS rebinding attack needs a name: an address is always safe.
+        host.is_some_and(|h| hosts.contains(&h) || is_ip_literal(&h))
+    }
+
+    /// Whether `origin`'s host (and port) is one this GUI answers to: a
+    /// reverse proxy passes the browser's `Origin` with its own `Host`.
+    fn origin_allowed(&self, authority: &str) -> bool {
+        let authority = authority.to_lowercase();
+        self.hosts
+            .as_ref()
+            .is_some_and(|hosts| hosts.contains(&authority))
     }
 }
 
-/// The `Host` values a GUI bound at `host:port` answers: that address,
-/// the loopback names when it is on loopback, and `extra`; none (any
-/// host) for a wildcard address with no `extra`.
-pub fn allowed_hosts(host: &str, port: u16, extra: &[String]) -> Option<Vec<String>> {
+/// Whether a `Host` value is an IP address (with or without a port).
+fn is_ip_literal(host: &str) -> bool {
+    let bare = match host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']')) => h,
+        _ => host,
+    };
+    bare.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+}
+
+/// The `Host` values (names: an IP address is always answered) a GUI bound
+/// at `host:port` answers: that address, the loopback names when it is on
+/// loopback or a wildcard, and `extra`; none (any host) for a wildcard
+/// address with a token and no `extra` (a rebinding page has no token).
+pub fn allowed_hosts(host: &str, port: u16, extra: &[String], token: bool) -> Option<Vec<String>> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let wildcard = bare.is_empty() || bare == "0.0.0.0" || bare == "::";
-    if wildcard && extra.is_empty() {
+    if wildcard && extra.is_empty() && token {
         return None;
     }
     let mut hosts: Vec<String> = Vec::new();
@@ -184,7 +207,8 @@ fn changes_state(method: &Method) -> bool {
 
 /// Whether a state-changing request comes from this origin (or from no
 /// browser at all: a browser always sends `Origin` on a POST).
-fn same_origin(headers: &HeaderMap, cors_origin: Option<&str>) -> bool {
+fn same_origin(headers: &HeaderMap, guard: &Guard) -> bool {
+    let cors_origin = guard.cors_origin.as_deref();
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && !matches!(site, "same-origin" | "none")
     {
@@ -206,7 +230,13 @@ fn same_origin(headers: &HeaderMap, cors_origin: Option<&str>) -> bool {
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let authority = origin.split_once("://").map(|(_, rest)| rest);
-    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+    match (authority, host) {
+        (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => true,
+        // Behind a proxy: the page's origin is a name given with
+        // --gui-allowed-host.
+        (Some(a), _) => guard.origin_allowed(a),
+        _ => false,
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -267,7 +297,7 @@ pub async fn guard(State(app): State<Arc<AppState>>, request: Request, next: Nex
         return secure(with_cors(response, cors.as_deref()));
     }
     if changes_state(&method) {
-        if !same_origin(headers, guard.cors_origin.as_deref()) {
+        if !same_origin(headers, guard) {
             return secure(error(
                 StatusCode::FORBIDDEN,
                 "a request that changes something must come from the GUI's own page (its Origin is another site)".to_owned(),
@@ -368,18 +398,22 @@ mod tests {
 
     #[test]
     fn loopback_answers_to_its_names_and_a_wildcard_to_any() {
-        let hosts = allowed_hosts("127.0.0.1", 8080, &[]).expect("a list");
+        let hosts = allowed_hosts("127.0.0.1", 8080, &[], false).expect("a list");
         for h in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
             assert!(hosts.contains(&h.to_owned()), "{h} in {hosts:?}");
         }
         assert!(!hosts.contains(&"evil.example:8080".to_owned()));
-        assert_eq!(allowed_hosts("0.0.0.0", 8080, &[]), None);
+        assert_eq!(allowed_hosts("0.0.0.0", 8080, &[], true), None);
+        let insecure = allowed_hosts("0.0.0.0", 8080, &[], false).expect("no token: a list");
+        assert!(insecure.contains(&"localhost:8080".to_owned()));
+        assert!(is_ip_literal("10.1.2.3:8080") && is_ip_literal("[::1]:8080"));
+        assert!(!is_ip_literal("evil.example:8080"));
         let proxied =
-            allowed_hosts("0.0.0.0", 8080, &["fw.example.com".to_owned()]).expect("a list");
+            allowed_hosts("0.0.0.0", 8080, &["fw.example.com".to_owned()], true).expect("a list");
         assert!(proxied.contains(&"fw.example.com".to_owned()));
         assert!(proxied.contains(&"fw.example.com:8080".to_owned()));
         let with_port =
-            allowed_hosts("127.0.0.1", 8080, &["proxy:443".to_owned()]).expect("a list");
+            allowed_hosts("127.0.0.1", 8080, &["proxy:443".to_owned()], true).expect("a list");
         assert!(with_port.contains(&"proxy:443".to_owned()));
     }
 

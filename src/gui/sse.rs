@@ -81,6 +81,8 @@ struct Ring {
     /// A client that has seen event `floor` (or a later one) can be given
     /// every event after it without a gap.
     floor: u64,
+    /// The last event published.
+    last: u64,
 }
 
 /// What a client that (re)connects gets first.
@@ -105,6 +107,7 @@ impl Hub {
                 events: 0,
                 cap: ring.max(1),
                 floor,
+                last: floor,
             }),
             clients: AtomicUsize::new(0),
             keep_alive,
@@ -152,6 +155,7 @@ impl Hub {
             marks: batch.marks,
         });
         let mut ring = self.ring();
+        ring.last = frame.last;
         ring.events += frame.marks.len();
         ring.frames.push_back(Arc::clone(&frame));
         while ring.events > ring.cap && ring.frames.len() > 1 {
@@ -180,6 +184,7 @@ impl Hub {
         ring.frames.clear();
         ring.events = 0;
         ring.floor = seq;
+        ring.last = seq;
         let data = serde_json::json!({"reason": reason, "last_event_id": self.event_id(seq)});
         let _ = self
             .tx
@@ -301,16 +306,31 @@ impl Client {
             Err(_) => Some(Bytes::from_static(b": keep-alive\n\n")),
             Ok(Ok(frame)) => Some(frame.bytes.clone()),
             Ok(Err(broadcast::error::RecvError::Closed)) => None,
-            Ok(Err(broadcast::error::RecvError::Lagged(missed))) => Some(resync(missed)),
+            Ok(Err(broadcast::error::RecvError::Lagged(missed))) => Some(self.resync(missed)),
         }
     }
-}
 
-fn resync(missed: u64) -> Bytes {
-    let data = serde_json::json!({
-        "reason": format!("this client fell {missed} messages behind the stream; they were dropped for it"),
-    });
-    Bytes::from(format!("event: resync\ndata: {data}\n\n"))
+    /// Fell `missed` messages behind: it skips to the newest (so that it
+    /// does not fall behind again at once) and is told to reload.
+    fn resync(&mut self, missed: u64) -> Bytes {
+        let mut skipped = 0u64;
+        loop {
+            match self.rx.try_recv() {
+                Ok(_) => skipped += 1,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => skipped += n,
+                Err(_) => break,
+            }
+        }
+        let last = self.hub.ring().last;
+        let data = serde_json::json!({
+            "reason": format!(
+                "this client fell behind the stream: {} messages were dropped for it",
+                missed + skipped
+            ),
+            "last_event_id": self.hub.event_id(last),
+        });
+        Bytes::from(format!("event: resync\ndata: {data}\n\n"))
+    }
 }
 
 #[cfg(test)]
@@ -434,11 +454,14 @@ mod tests {
         }
         let next = read(&mut stream, 1).await;
         assert!(next.starts_with("event: resync\n"), "{next}");
-        assert!(next.contains("fell 6 messages behind"), "{next}");
-        let rest = read(&mut stream, 4).await;
-        assert_eq!(ids(&rest), [7, 8, 9, 10], "it goes on from what is kept");
+        assert!(next.contains("10 messages were dropped for it"), "{next}");
+        assert!(next.contains(r#""last_event_id":"boot-10""#), "{next}");
         hub.publish(11, "task.queued", "{}");
-        assert_eq!(ids(&read(&mut stream, 1).await), [11]);
+        assert_eq!(
+            ids(&read(&mut stream, 1).await),
+            [11],
+            "it goes on from the newest"
+        );
     }
 
     #[tokio::test(start_paused = true)]

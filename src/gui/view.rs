@@ -36,7 +36,10 @@ impl View {
     }
 
     fn masks(&self, key: &str) -> bool {
-        !self.redact.is_empty() && self.redact.iter().any(|k| k.eq_ignore_ascii_case(key))
+        !self.redact.is_empty() && {
+            let key = key.to_lowercase();
+            self.redact.contains(&key)
+        }
     }
 
     /// `kwargs` with every value under a masked key (at any depth) shown
@@ -113,29 +116,49 @@ impl View {
     }
 
     /// The CLI command that submits this task again (masked values stay
-    /// masked: the command is then to be completed by hand).
+    /// masked: the command is then to be completed by hand). Options come
+    /// first, and `--` before arguments that would read as options.
     pub fn cli(&self, record: &TaskRecord) -> String {
         let mut words = vec![
             "fastworker".to_owned(),
             "submit".to_owned(),
-            shell_word(&record.name),
+            "--priority".to_owned(),
+            record.priority.to_string(),
         ];
-        // A string argument that parses as JSON would be read as that
-        // JSON: it goes as its JSON form.
-        for arg in &record.args {
-            let word = match arg {
-                Value::String(s) if serde_json::from_str::<Value>(s).is_err() => s.clone(),
-                other => other.to_string(),
-            };
-            words.push(shell_word(&word));
-        }
         for (key, value) in self.kwargs(&record.kwargs) {
             words.push("--kwarg".to_owned());
             words.push(shell_word(&format!("{key}={value}")));
         }
-        words.push("--priority".to_owned());
-        words.push(record.priority.to_string());
+        words.push(shell_word(&record.name));
+        // A string argument that parses as JSON would be read as that
+        // JSON: it goes as its JSON form.
+        let args: Vec<String> = record
+            .args
+            .iter()
+            .map(|arg| match arg {
+                Value::String(s) if serde_json::from_str::<Value>(s).is_err() => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        if args
+            .iter()
+            .any(|a| a.starts_with('-') && a.parse::<f64>().is_err())
+        {
+            words.push("--".to_owned());
+        }
+        words.extend(args.iter().map(|a| shell_word(a)));
         words.join(" ")
+    }
+}
+
+/// An error as the GUI shows it: a journal failure says what it means to
+/// the reader, without the server's paths (the control plane's log has them).
+pub fn public_error(error: &str) -> String {
+    if error.contains("could not be journaled") || error.contains("journal") && error.contains('/')
+    {
+        "the control plane could not write the task to its journal (a full or failing disk?); its log says more".to_owned()
+    } else {
+        crate::protocol::cut(error, ERROR_PREVIEW)
     }
 }
 
@@ -308,6 +331,17 @@ mod tests {
     }
 
     #[test]
+    fn an_argument_that_reads_as_an_option_comes_after_the_separator() {
+        let mut record = TaskRecord::sample("t", Status::Failure);
+        record.name = "echo".into();
+        record.args = vec![json!("--help"), json!(-5)];
+        assert_eq!(
+            View::default().cli(&record),
+            "fastworker submit --priority high echo -- --help -5"
+        );
+    }
+
+    #[test]
     fn the_cli_command_quotes_what_the_shell_would_split() {
         let mut record = TaskRecord::sample("t", Status::Failure);
         record.name = "add".into();
@@ -316,7 +350,7 @@ mod tests {
         let view = View::new(&["secret".to_owned()]);
         assert_eq!(
             view.cli(&record),
-            r#"fastworker submit add 5 'it'\''s' '"7"' '{"a":1}' --kwarg 'user="ann"' --kwarg 'secret="***"' --priority high"#
+            r#"fastworker submit --priority high --kwarg 'user="ann"' --kwarg 'secret="***"' add 5 'it'\''s' '"7"' '{"a":1}'"#
         );
     }
 }

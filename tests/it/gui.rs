@@ -244,7 +244,7 @@ async fn every_endpoint_answers_with_the_originals_fields_and_more() {
             "success"
         ]
     );
-    assert_eq!(detail["cli"], "fastworker submit add 5 3 --priority normal");
+    assert_eq!(detail["cli"], "fastworker submit --priority normal add 5 3");
 
     let workers = g.get("/api/workers").await.json();
     assert_eq!(workers["count"], 1);
@@ -531,6 +531,44 @@ async fn host_origin_and_body_rules_refuse_what_a_browser_attack_sends() {
         not_json.json()["error"].as_str().unwrap_or(""),
         "bad JSON body",
     );
+
+    let wrong_method = g
+        .call(req("PUT", "/api/status").body(Body::empty()).expect("req"))
+        .await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_contains(
+        wrong_method.json()["error"].as_str().unwrap_or(""),
+        "PUT is not allowed",
+    );
+    let far = g.get("/api/tasks?since=300000y").await;
+    assert_eq!(far.status, StatusCode::BAD_REQUEST, "{}", far.text());
+    let an_ip = g
+        .call(
+            Request::builder()
+                .uri("/api/status")
+                .header(header::HOST, "10.9.8.7:8080")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(an_ip.status, StatusCode::OK, "an address cannot be rebound");
+
+    // Behind a proxy: the browser's Host and Origin are the proxy's name.
+    let proxied = gui(|c| c.allowed_hosts = vec!["ops.example.com".into()]).await;
+    let through = proxied
+        .call(
+            Request::builder()
+                .method("POST")
+                .uri("/api/tasks")
+                .header(header::HOST, "ops.example.com")
+                .header(header::ORIGIN, "https://ops.example.com")
+                .header("sec-fetch-site", "same-origin")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.clone()))
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(through.status, StatusCode::CREATED, "{}", through.text());
 
     let cors = gui(|c| c.cors_origin = Some("https://ops.example.com".into())).await;
     let preflight = cors

@@ -9,7 +9,7 @@ import { panel, errorBox, loading, kv, taskLink } from '../widgets.js';
 
 export const title = 'Task';
 
-const ATTEMPT_OK = new Set(['succeeded']);
+const ATTEMPT_OK = new Set(['success']);
 
 function when(iso) {
   if (!iso) return null;

@@ -247,9 +247,19 @@ export function mount(root, initialParams, scope) {
     } else {
       replace(tbody, data.tasks.map(rowFor));
     }
-    const from = (data.offset ?? 0) + (data.tasks.length ? 1 : 0);
-    const to = (data.offset ?? 0) + data.tasks.length;
-    pageInfo.textContent = data.tasks.length ? `${fmtNum(from)}–${fmtNum(to)} of ${fmtNum(data.total)}` : `0 of ${fmtNum(data.total)}`;
+    // The server knows the offset of a page reached by `o` cursors (and of
+    // the first page); for the others, the pages walked here tell it.
+    let offset = data.offset;
+    if (offset === null || offset === undefined) {
+      offset = params.cursor ? (cursorTrail.stack.length ? cursorTrail.stack.length * (data.limit || 50) : null) : 0;
+    }
+    if (!data.tasks.length) {
+      pageInfo.textContent = `0 of ${fmtNum(data.total)}`;
+    } else if (offset === null) {
+      pageInfo.textContent = `${fmtNum(data.tasks.length)} of ${fmtNum(data.total)}`;
+    } else {
+      pageInfo.textContent = `${fmtNum(offset + 1)}–${fmtNum(offset + data.tasks.length)} of ${fmtNum(data.total)}`;
+    }
     root.querySelector('[data-testid=tasks-total]').textContent = `${fmtNum(data.total)} matching`;
     nextBtn.disabled = !data.next_cursor;
     prevBtn.disabled = !params.cursor;

@@ -108,27 +108,41 @@ impl Core {
     /// The queues, with the first `next` tasks of each.
     pub(super) fn queues(&self, next: usize) -> Queues {
         let mut view = Queues::default();
+        // A lane is in the order tasks entered the queue, and a task's wait
+        // counts from then: its front has waited longest. Only the first
+        // `next` are read: this is O(next), however long the queue.
+        let lengths = self.queue.lengths();
         for priority in Priority::ALL {
             let lane = &mut view.lanes[priority as usize];
-            for waiting in self.queue.lane(priority) {
+            lane.count = lengths[priority as usize];
+            for waiting in self.queue.lane(priority).take(next) {
                 let waited = self
                     .tasks
                     .get(&waiting.task_id)
                     .map(|a| a.queued_for())
                     .unwrap_or_default();
-                lane.count += 1;
-                lane.oldest = Some(lane.oldest.map_or(waited, |o| o.max(waited)));
-                if lane.next.len() < next {
-                    lane.next.push(Queued {
-                        task_id: waiting.task_id.clone(),
-                        name: waiting.name.clone(),
-                        waited,
-                    });
-                }
+                lane.oldest.get_or_insert(waited);
+                lane.next.push(Queued {
+                    task_id: waiting.task_id.clone(),
+                    name: waiting.name.clone(),
+                    waited,
+                });
             }
         }
         let (now, wall) = (Instant::now(), Utc::now());
-        for (at, _, task_id) in &self.timers {
+        let counters = self.events.counters();
+        let count = |state: &str| {
+            usize::try_from(counters.current.get(state).copied().unwrap_or(0)).unwrap_or(0)
+        };
+        view.scheduled.count = count("scheduled");
+        view.retrying.count = count("retrying");
+        // Timers are soonest first; a scan stops once both lists are full,
+        // or after SCAN timers (one kind may be rare).
+        const SCAN: usize = 10_000;
+        for (at, _, task_id) in self.timers.iter().take(SCAN) {
+            if view.scheduled.next.len() >= next && view.retrying.next.len() >= next {
+                break;
+            }
             let Some(active) = self.tasks.get(task_id) else {
                 continue;
             };
@@ -137,7 +151,6 @@ impl Core {
                 Phase::Waiting { retry: false, .. } => &mut view.scheduled,
                 _ => continue,
             };
-            timed.count += 1;
             if timed.next.len() < next {
                 let left = at.saturating_duration_since(now);
                 timed.next.push(Due {
