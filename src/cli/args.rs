@@ -11,9 +11,64 @@ use crate::client::{Client, ClientError};
 use crate::manifest::Priority;
 use serde_json::{Map, Value};
 
-/// One positional argument.
+/// One positional argument: JSON where it is valid JSON, otherwise a string.
 pub fn parse_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// One `--args` value, as FastWorker's CLI converts it (`convert_arg_type`):
+/// `true`/`false` in any case are booleans, then an integer, then a float
+/// (Python's `int()` and `float()`: surrounding spaces, a sign, `_` between
+/// digits, exponents), otherwise the string as given. Unlike the
+/// positional form, `[1, 2]` or `null` stay strings. A float that is not
+/// finite (`nan`, `inf`) stays a string too: JSON cannot carry it.
+pub fn parse_fastworker_arg(text: &str) -> Value {
+    let lower = text.to_ascii_lowercase();
+    if lower == "true" || lower == "false" {
+        return Value::Bool(lower == "true");
+    }
+    let trimmed = text.trim();
+    let plain = python_number(trimmed);
+    if let Some(digits) = &plain {
+        if let Ok(n) = digits.parse::<i64>() {
+            return Value::from(n);
+        }
+        if let Ok(n) = digits.parse::<u64>() {
+            return Value::from(n);
+        }
+        if !digits.contains(['.', 'e', 'E'])
+            && let Ok(n) = digits.parse::<f64>()
+            && n.is_finite()
+        {
+            // An integer beyond 64 bits: Python keeps it exact, JSON
+            // readers mostly cannot; it goes as the nearest float.
+            return Value::from(n);
+        }
+        if let Ok(n) = digits.parse::<f64>()
+            && n.is_finite()
+            && let Some(n) = serde_json::Number::from_f64(n)
+        {
+            return Value::Number(n);
+        }
+    }
+    Value::String(text.to_owned())
+}
+
+/// `text` as a number Python's `int()` or `float()` would read, with its
+/// `_` separators dropped; none if neither would.
+fn python_number(text: &str) -> Option<String> {
+    let body = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if body.is_empty() || body.starts_with('_') || body.ends_with('_') || body.contains("__") {
+        return None;
+    }
+    let ok = body
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '_' | '.' | 'e' | 'E' | '+' | '-'));
+    if !ok || !body.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let cleaned: String = text.chars().filter(|c| *c != '_').collect();
+    cleaned.parse::<f64>().ok().map(|_| cleaned)
 }
 
 /// `--kwarg key=value` pairs, values parsed like positional arguments.
@@ -88,15 +143,13 @@ pub struct ListArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// The control plane's base address
-    #[arg(
-        long,
-        env = "FASTWORKER_BASE_ADDRESS",
-        default_value = crate::protocol::DEFAULT_BASE_ADDRESS
-    )]
-    pub base_address: String,
-    /// Find the control plane through its announcements on this address instead
-    #[arg(long, value_name = "ADDRESS")]
+    /// The control plane's base address [default: tcp://127.0.0.1:5555, unless
+    /// a discovery address is given]
+    #[arg(long, env = "FASTWORKER_BASE_ADDRESS", value_name = "ADDRESS")]
+    pub base_address: Option<String>,
+    /// Find the control plane through its announcements on this address (used
+    /// when no base address is given, as FastWorker's client does)
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", value_name = "ADDRESS")]
     pub discovery_address: Option<String>,
     /// How long to wait for the control plane to answer a query
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
@@ -106,14 +159,32 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
+    /// Where the client goes: the base address when one is given (flag or
+    /// environment); else through discovery when an address for it is
+    /// given; else the default base address.
+    pub fn target(&self) -> Target<'_> {
+        match (&self.base_address, &self.discovery_address) {
+            (Some(base), _) => Target::Base(base),
+            (None, Some(discovery)) => Target::Discover(discovery),
+            (None, None) => Target::Base(crate::protocol::DEFAULT_BASE_ADDRESS),
+        }
+    }
+
     pub async fn client(&self) -> Result<Client, ClientError> {
         let token = self.token.token().map_err(ClientError::Address)?;
-        let client = match &self.discovery_address {
-            Some(discovery) => Client::discover(discovery, self.connect_timeout).await,
-            None => Client::new(&self.base_address, self.connect_timeout),
+        let client = match self.target() {
+            Target::Discover(discovery) => Client::discover(discovery, self.connect_timeout).await,
+            Target::Base(base) => Client::new(base, self.connect_timeout),
         }?;
         Ok(client.with_auth(token))
     }
+}
+
+/// Where a client command goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    Base(&'a str),
+    Discover(&'a str),
 }
 
 /// The token a control plane requires of every request (see
@@ -169,7 +240,8 @@ pub struct SubmitArgs {
     /// The task's name (FastWorker's form)
     #[arg(long)]
     pub task_name: Option<String>,
-    /// Arguments (FastWorker's form: --args 5 3)
+    /// Arguments in FastWorker's form (--args 5 3), converted as its CLI does:
+    /// true/false, integers, floats, otherwise strings (not JSON)
     #[arg(long = "args", num_args = 1.., allow_negative_numbers = true, value_name = "ARG")]
     pub flag_args: Vec<String>,
     /// A keyword argument, key=value (value parsed like an argument); repeatable
@@ -260,6 +332,41 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn fastworker_args_convert_as_its_cli_does() {
+        let cases = [
+            ("5", json!(5)),
+            ("-3", json!(-3)),
+            (" 7 ", json!(7)),
+            ("1_000", json!(1000)),
+            ("2.5", json!(2.5)),
+            ("1e3", json!(1000.0)),
+            (".5", json!(0.5)),
+            ("TRUE", json!(true)),
+            ("False", json!(false)),
+            ("[1, 2]", json!("[1, 2]")),
+            ("null", json!("null")),
+            ("nan", json!("nan")),
+            ("inf", json!("inf")),
+            ("1__0", json!("1__0")),
+            ("_1", json!("_1")),
+            ("hello", json!("hello")),
+            ("", json!("")),
+            (
+                "123456789012345678901234567890",
+                json!(1.2345678901234568e29),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_fastworker_arg(text), want, "{text:?}");
+        }
+        assert_eq!(
+            parse_arg("[1, 2]"),
+            json!([1, 2]),
+            "the positional form keeps JSON"
+        );
+    }
 
     #[test]
     fn json_where_valid_else_string() {

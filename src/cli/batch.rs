@@ -61,6 +61,9 @@ pub async fn submit_batch(args: &SubmitArgs, file: &Path) -> CliResult {
                 for id in &reply.task_ids {
                     println!("{id}");
                 }
+                if let Some(note) = &reply.note {
+                    eprintln!("note: {}", super::output::shown(note));
+                }
                 accepted += chunk.len();
                 if let Some(bar) = &bar {
                     bar.inc(chunk.len() as u64);

@@ -83,12 +83,12 @@ impl CliError {
         );
         CliError::Unreachable {
             error: e.to_string(),
-            hint: (dial_failed && connect.discovery_address.is_none()).then(|| {
-                format!(
-                    "is `fastworker control-plane` running with --base-address {}?",
-                    connect.base_address
-                )
-            }),
+            hint: match connect.target() {
+                super::args::Target::Base(base) if dial_failed => Some(format!(
+                    "is `fastworker control-plane` running with --base-address {base}?"
+                )),
+                _ => None,
+            },
         }
     }
 

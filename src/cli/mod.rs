@@ -36,8 +36,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "FASTWORKER_MANIFEST", value_name = "PATH")]
     pub manifest: Option<PathBuf>,
 
-    /// Log level or filter (error, warn, info, debug, trace, or a RUST_LOG
-    /// filter); overrides RUST_LOG [default: warn]
+    /// Log level (error, warn, info, debug, trace, off; FastWorker's DEBUG,
+    /// INFO, WARNING, ERROR, CRITICAL in any case) or a RUST_LOG filter;
+    /// overrides RUST_LOG [default: warn]
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
@@ -84,7 +85,10 @@ pub fn main() -> ExitCode {
     ) {
         quiet_on_broken_pipe();
     }
-    init_tracing(cli.log_level.as_deref());
+    if let Err(e) = init_tracing(cli.log_level.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(error::EXIT_UNUSABLE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -136,20 +140,54 @@ fn quiet_on_broken_pipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
-fn init_tracing(level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let given = level
-        .map(str::to_owned)
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .filter(|f| !f.trim().is_empty())
-        .unwrap_or_else(|| "warn".to_owned());
-    let filter = EnvFilter::try_new(&given).unwrap_or_else(|e| {
-        eprintln!("warning: bad log filter {given:?} ({e}); using 'warn'");
-        EnvFilter::new("warn")
-    });
+/// Sets up logging from `--log-level` (or `RUST_LOG`). FastWorker's level
+/// names work in any case (`WARNING` is `warn`, `CRITICAL` is `error`); a
+/// filter that cannot be parsed is an error, not silence.
+fn init_tracing(level: Option<&str>) -> Result<(), String> {
+    let (given, from) = match level {
+        Some(l) => (l.to_owned(), "--log-level"),
+        None => match std::env::var("RUST_LOG") {
+            Ok(l) => (l, "RUST_LOG"),
+            Err(_) => ("warn".to_owned(), "the default"),
+        },
+    };
+    let filter = log_filter(&given).map_err(|e| format!("{from} {given:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
+}
+
+/// A log filter: a level name (tracing's or FastWorker's, any case), or a
+/// `RUST_LOG`-style filter.
+fn log_filter(given: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let given = given.trim();
+    if given.is_empty() {
+        return Ok(tracing_subscriber::EnvFilter::new("warn"));
+    }
+    let level = match given.to_ascii_lowercase().as_str() {
+        "trace" => Some("trace"),
+        "debug" => Some("debug"),
+        "info" => Some("info"),
+        "warn" | "warning" => Some("warn"),
+        "error" | "critical" | "fatal" => Some("error"),
+        "off" | "none" => Some("off"),
+        _ => None,
+    };
+    if let Some(level) = level {
+        return Ok(tracing_subscriber::EnvFilter::new(level));
+    }
+    // A filter names targets (`fastworker=debug,hyper=warn`); a bare word
+    // that is no level is a typo, which tracing would take as a target and
+    // so turn all logging off.
+    let looks_like_filter = given.contains('=') || given.contains("::") || given.contains(',');
+    if !looks_like_filter {
+        return Err(
+            "not a log level: use error, warn (or WARNING), info, debug, trace, off, or a RUST_LOG filter such as fastworker=debug"
+                .to_owned(),
+        );
+    }
+    tracing_subscriber::EnvFilter::try_new(given).map_err(|e| format!("not a log filter: {e}"))
 }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::args::{
     ConnectArgs, ListArgs, SubmitArgs, TaskIdArgs, WorkersArgs, countdown_eta, parse_arg,
-    parse_kwargs,
+    parse_fastworker_arg, parse_kwargs,
 };
 use super::error::{CliError, CliResult, EXIT_FAILED, EXIT_UNUSABLE};
 use super::output::{print_table, shown};
@@ -53,8 +53,8 @@ fn task(args: &SubmitArgs) -> Result<WireTask, CliError> {
         args: args
             .args
             .iter()
-            .chain(&args.flag_args)
             .map(|a| parse_arg(a))
+            .chain(args.flag_args.iter().map(|a| parse_fastworker_arg(a)))
             .collect(),
         kwargs,
         priority: None,
@@ -78,6 +78,9 @@ pub async fn submit(args: SubmitArgs) -> CliResult {
             return Err(CliError::Unusable(ack.error.unwrap_or_default()));
         }
         println!("{}", ack.task_id);
+        if let Some(note) = &ack.note {
+            eprintln!("note: {}", shown(note));
+        }
         return Ok(());
     }
 
@@ -113,6 +116,12 @@ pub async fn submit(args: SubmitArgs) -> CliResult {
             Ok(())
         }
         _ if result.refused => Err(CliError::Unusable(result.error.unwrap_or_default())),
+        // Taken while the control plane stops: it waits in the journal.
+        status if !status.is_final() => Err(CliError::StillRunning(format!(
+            "task '{name}' ({task_id}) {}: {}",
+            status.as_str(),
+            result.error.unwrap_or_default()
+        ))),
         status => Err(CliError::Failed(format!(
             "task '{name}' ({task_id}) {}: {}",
             status.as_str(),

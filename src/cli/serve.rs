@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use clap::builder::BoolishValueParser;
 use tokio_util::sync::CancellationToken;
 
 use super::args::TokenArgs;
@@ -32,7 +33,8 @@ pub struct ControlPlaneArgs {
         default_value = crate::protocol::DEFAULT_DISCOVERY_ADDRESS
     )]
     pub discovery_address: String,
-    /// Subworker management port [default: base port + 5, i.e. 5560]
+    /// The port subworkers register and poll on (they learn it from the query
+    /// port) [default: base port + 5, i.e. 5560]
     #[arg(long, env = "FASTWORKER_SUBWORKER_PORT")]
     pub subworker_port: Option<u16>,
     /// Finished results kept (least recently used dropped first)
@@ -64,7 +66,7 @@ pub struct ControlPlaneArgs {
     #[command(flatten)]
     pub gui: GuiArgs,
     /// Run no tasks here: only hand them to subworkers (a pure coordinator)
-    #[arg(long, env = "FASTWORKER_NO_LOCAL_TASKS")]
+    #[arg(long, env = "FASTWORKER_NO_LOCAL_TASKS", value_parser = BoolishValueParser::new())]
     pub no_local_tasks: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -209,9 +211,10 @@ pub struct SubworkerArgs {
         default_value = crate::protocol::DEFAULT_DISCOVERY_ADDRESS
     )]
     pub discovery_address: String,
-    /// Accepted for FastWorker compatibility: a subworker only dials out
-    /// (to the control plane's base + 5), so nothing listens here; it is
-    /// shown as this worker's address [default: host name and pid]
+    /// Accepted for FastWorker compatibility: a subworker only dials out (to
+    /// the subworker port its control plane's query port names), so nothing
+    /// listens here; it is shown as this worker's address [default: host
+    /// name and pid]
     #[arg(long, env = "FASTWORKER_BASE_ADDRESS")]
     pub base_address: Option<String>,
     /// Tasks run at once [default: number of cores]
@@ -306,7 +309,7 @@ pub struct GuiArgs {
     #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
     pub gui_port: u16,
     /// Do not serve the web GUI
-    #[arg(long, env = "FASTWORKER_NO_GUI")]
+    #[arg(long, env = "FASTWORKER_NO_GUI", value_parser = BoolishValueParser::new())]
     pub no_gui: bool,
     /// Serve the web GUI: true/false, 1/0, yes/no, on/off (FastWorker's switch; --no-gui wins)
     #[arg(long, env = "FASTWORKER_GUI_ENABLED", value_parser = switch, value_name = "BOOL")]
@@ -334,7 +337,7 @@ pub struct GuiArgs {
     #[arg(long)]
     pub gui_metrics_public: bool,
     /// Hide and refuse every action in the GUI (submit, cancel, retry, delete)
-    #[arg(long, env = "FASTWORKER_GUI_READ_ONLY")]
+    #[arg(long, env = "FASTWORKER_GUI_READ_ONLY", value_parser = BoolishValueParser::new())]
     pub gui_read_only: bool,
     /// Keyword arguments the GUI shows as "***" (names, comma-separated or repeated)
     #[arg(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::callbacks::CallbackPolicy;
-use super::core::{Command, NewTask};
+use super::core::{Acceptance, Command, NewTask};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::{Access, Need};
@@ -20,6 +20,9 @@ use crate::throttle::Throttle;
 use crate::transport::Request;
 
 const SHUT_DOWN: &str = "the control plane is shutting down";
+
+/// What a submit taken while the control plane stops is told.
+const DEFERRED: &str = "accepted while the control plane stops: the task is in the journal and runs after the next start";
 
 /// Who may use the sockets (the tokens), and the requests turned away.
 #[derive(Debug)]
@@ -94,7 +97,7 @@ impl CoreHandle {
     }
 
     /// Each task's status once accepted, in order.
-    pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<Vec<Status>, String> {
+    pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<Acceptance, String> {
         self.ask(|respond| Command::Submit { tasks, respond })
             .await
             .unwrap_or_else(|| Err(SHUT_DOWN.to_owned()))
@@ -163,6 +166,9 @@ impl CoreHandle {
 /// always sends one, matching the socket it uses), else the task's priority
 /// in the manifest; the socket a message arrives on does not override it.
 pub async fn submit(cx: Arc<Context>, request: Request) -> Vec<u8> {
+    if protocol::pickle::is_pickle(request.bytes()) {
+        return pickle_refusal(request.bytes());
+    }
     let decoded = Submit::decode(request.bytes());
     // The message's bytes (and its share of the in-flight budget) go now,
     // not when the task ends.
@@ -182,15 +188,17 @@ pub async fn submit(cx: Arc<Context>, request: Request) -> Vec<u8> {
                 Err(e) => Err(e),
             };
             protocol::encode(&match accepted {
-                Ok(_) => BatchReply {
+                Ok(acceptance) => BatchReply {
                     batch_accepted: true,
                     task_ids: ids,
                     error: None,
+                    note: acceptance.deferred.then(|| DEFERRED.to_owned()),
                 },
                 Err(error) => BatchReply {
                     batch_accepted: false,
                     task_ids: Vec::new(),
                     error: Some(error),
+                    note: None,
                 },
             })
         }
@@ -226,14 +234,16 @@ async fn submit_one(cx: &Context, task: WireTask) -> Vec<u8> {
                 accepted: false,
                 status: None,
                 error: Some(error),
+                note: None,
             }),
         },
-        (Ok(statuses), None) => match mode {
+        (Ok(acceptance), None) => match mode {
             ReplyMode::Ack => protocol::encode(&Ack {
                 task_id,
                 accepted: true,
-                status: statuses.first().copied(),
+                status: acceptance.statuses.first().copied(),
                 error: None,
+                note: acceptance.deferred.then(|| DEFERRED.to_owned()),
             }),
             // A delayed task: FastWorker's TaskResult, status "scheduled".
             ReplyMode::Result => match core.get(task_id.clone()).await {
@@ -289,6 +299,22 @@ pub fn new_task(task: WireTask, callbacks: &CallbackPolicy) -> Result<NewTask, S
     })
 }
 
+/// A pickled request (FastWorker's client with
+/// `FASTWORKER_SERIALIZATION_FORMAT=PICKLE`): never unpickled; answered
+/// with a pickle the client reads as a failure that names the fix.
+fn pickle_refusal(bytes: &[u8]) -> Vec<u8> {
+    static THROTTLE: std::sync::OnceLock<Throttle> = std::sync::OnceLock::new();
+    if THROTTLE
+        .get_or_init(|| Throttle::new(std::time::Duration::from_secs(60)))
+        .allow()
+    {
+        tracing::warn!(
+            "a pickled request refused: a FastWorker client runs with FASTWORKER_SERIALIZATION_FORMAT=PICKLE; this control plane speaks JSON only (logged at most once a minute)"
+        );
+    }
+    protocol::pickle::refusal(bytes)
+}
+
 /// What the socket handlers share.
 #[derive(Debug)]
 pub struct Context {
@@ -305,6 +331,9 @@ pub struct Context {
 /// The query socket: results, status, cancel, the task list, the workers.
 pub async fn query(cx: Arc<Context>, request: Request) -> Vec<u8> {
     let (core, manifest) = (&cx.core, &cx.manifest);
+    if protocol::pickle::is_pickle(request.bytes()) {
+        return pickle_refusal(request.bytes());
+    }
     let decoded = Query::decode(request.bytes());
     drop(request);
     match cx.gate.admit(decoded, Need::Client, "query") {

@@ -138,7 +138,11 @@ pub async fn submit(State(app): State<App>, bytes: Result<Bytes, BytesRejection>
     match app.core.submit(vec![new]).await {
         Ok(statuses) => (
             StatusCode::CREATED,
-            Json(json!({"task_id": task_id, "status": statuses.first()})),
+            Json(json!({
+                "task_id": task_id,
+                "status": statuses.statuses.first(),
+                "note": statuses.deferred.then_some("accepted while the control plane stops: the task is in the journal and runs after the next start"),
+            })),
         )
             .into_response(),
         Err(e) => refused(e),
@@ -219,7 +223,7 @@ async fn retry_one(app: &App, task_id: String) -> Done {
         Ok(statuses) => Done::Ok(json!({
             "task_id": new_id,
             "retry_of": task_id,
-            "status": statuses.first(),
+            "status": statuses.statuses.first(),
         })),
         Err(e) => {
             let busy = e.starts_with("queue full")

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::manifest::Priority;
 
 mod manage;
+pub mod pickle;
 mod record;
 
 pub use self::manage::{
@@ -392,6 +393,10 @@ pub struct Ack {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Something the submitter should know about an accepted task (taken
+    /// while the control plane stops: it runs after the next start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The reply to a batch submit (FastWorker's shape).
@@ -402,6 +407,9 @@ pub struct BatchReply {
     pub task_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// fastworker extension: as [`Ack::note`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The reply to a result query (FastWorker's shape).

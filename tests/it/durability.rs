@@ -584,3 +584,64 @@ async fn a_run_whose_start_never_reached_the_journal_is_listed_when_its_process_
         "before its start reached the journal",
     );
 }
+
+/// A rolling restart loses nothing: submits that arrive while the control
+/// plane drains are journaled (and told so), and run after the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn submits_while_draining_are_kept_for_the_next_start() {
+    let fx = Fixture::new(MANIFEST);
+    let (mut child, client) = control_plane(&fx).await;
+    let blocker = client
+        .submit_ack(wire_task("blocker", vec![]), None)
+        .await
+        .expect("ack");
+    wait_status(&client, &blocker.task_id, Status::Running).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    // Draining: the blocker holds it up. A submit in ack mode, and a
+    // blocking one, are both taken and told.
+    let mut ack = None;
+    for _ in 0..200 {
+        let a = client
+            .submit_ack(wire_task("eight", vec![]), None)
+            .await
+            .expect("ack");
+        if a.note.is_some() {
+            ack = Some(a);
+            break;
+        }
+        // Not draining yet: that task runs now; try again.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ack = ack.expect("a submit taken while draining");
+    assert!(ack.accepted);
+    assert_contains(
+        ack.note.as_deref().unwrap_or(""),
+        "runs after the next start",
+    );
+    let blocking = client
+        .submit(wire_task("eight", vec![]), None, Duration::from_secs(20))
+        .await
+        .expect("a blocking submit is answered");
+    assert_eq!(blocking.status, Status::Queued, "{blocking:?}");
+    assert_contains(
+        blocking.error.as_deref().unwrap_or(""),
+        "runs after the next start",
+    );
+
+    std::fs::write(fx.path("release"), "").expect("release the blocker");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("it stops once the blocker ends")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+
+    let (_child, client) = control_plane(&fx).await;
+    for id in [&ack.task_id, &blocking.task_id] {
+        wait_status(&client, id, Status::Success).await;
+    }
+    wait_status(&client, &blocker.task_id, Status::Success).await;
+}

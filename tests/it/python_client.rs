@@ -130,3 +130,58 @@ async fn the_fastworker_python_client_works_unchanged() {
     assert_contains(&stdout, "ok");
     cp.stop().await;
 }
+
+/// FastWorker's client in PICKLE mode: its pickle is never unpickled; it
+/// gets a failed result that says to use JSON, and nothing runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pickling_client_is_told_to_use_json() {
+    let Some(python) = compat_python_or_skip().await else {
+        return;
+    };
+    let fx = Fixture::new(MANIFEST);
+    let cp = TestControlPlane::start(&fx, |_| {}).await;
+    let script = r#"
+import asyncio, sys, warnings
+warnings.simplefilter("ignore")
+from fastworker import Client
+async def main():
+    client = Client(discovery_address=sys.argv[1], timeout=10, retries=1)
+    await client.start()
+    result = await client.submit_task("add", args=(1, 2))
+    print(result.status.value)
+    print(result.task_id)
+    print(result.error)
+    client.stop()
+asyncio.run(main())
+"#;
+    let run = tokio::process::Command::new(&python)
+        .args(["-c", script, &cp.discovery])
+        .env("FASTWORKER_SERIALIZATION_FORMAT", "PICKLE")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the script finishes")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"failure"), "{stdout}");
+    assert_ne!(
+        lines.get(1),
+        Some(&"unknown"),
+        "the task id is read from the pickle: {stdout}"
+    );
+    assert_contains(&stdout, "FASTWORKER_SERIALIZATION_FORMAT=JSON");
+    let stats = cp.core.stats().await.expect("stats");
+    assert_eq!(
+        stats.cached_results + stats.running,
+        0,
+        "nothing ran: {stats:?}"
+    );
+    cp.stop().await;
+}

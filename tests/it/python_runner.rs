@@ -193,3 +193,32 @@ async fn the_runner_file_is_the_embedded_runner() {
     let (o, stderr) = outcome(&fx.load(), "add", vec![json!(1), json!(2)]).await;
     assert_eq!(o, Outcome::Success { result: json!(3) }, "{stderr}");
 }
+
+/// The runner's own tests (tests/python/test_runner.py: FastWorker's
+/// `@task` decorator in every form through the stand-in module, hooks,
+/// discovery and check modes), with python3 and, where there is one, 3.9.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runners_python_tests_pass() {
+    let mut pythons = vec![PathBuf::from("python3")];
+    pythons.extend(python39());
+    for python in pythons {
+        let out = tokio::process::Command::new(&python)
+            .args([
+                "-m",
+                "unittest",
+                "discover",
+                "-s",
+                "tests/python",
+                "-p",
+                "test_*.py",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("python runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}:\n{err}", python.display());
+        assert_contains(&err, "OK");
+    }
+}

@@ -108,7 +108,23 @@ impl Core {
         self.flush_polls();
     }
 
-    /// Stops accepting. Without a journal, every task that is not running
+    /// Answers the blocking submitters of a task that waits in the journal
+    /// for the next start, with the task as it stands and a note saying so.
+    pub(super) fn answer_for_restart(&mut self, task_id: &str) {
+        let Some(active) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let mut record = active.record.clone();
+        record.error = Some(format!(
+            "the control plane is shutting down; the task stays {} in the journal and runs after the next start",
+            record.status.as_str()
+        ));
+        for waiter in active.waiters.drain(..) {
+            let _ = waiter.send(record.clone());
+        }
+    }
+
+    /// Stops running new tasks. Without a journal, every task that is not running
     /// ends as a failure; with one, waiting tasks stay in it and run after
     /// the next start (their blocking submitters get the task as it stands).
     pub(super) fn drain(&mut self) {
@@ -119,17 +135,14 @@ impl Core {
                 waiting = self.waiting(),
                 "shutting down: no new tasks; waiting tasks stay in the journal, running ones may finish"
             );
-            for active in self.tasks.values_mut() {
-                if !active.phase().is_running() && active.finishing().is_none() {
-                    let mut record = active.record.clone();
-                    record.error = Some(format!(
-                        "the control plane is shutting down; the task stays {} in the journal and runs after the next start",
-                        record.status.as_str()
-                    ));
-                    for waiter in active.waiters.drain(..) {
-                        let _ = waiter.send(record.clone());
-                    }
-                }
+            let waiting: Vec<String> = self
+                .tasks
+                .values()
+                .filter(|a| !a.phase().is_running() && a.finishing().is_none())
+                .map(|a| a.record.task_id.clone())
+                .collect();
+            for task_id in waiting {
+                self.answer_for_restart(&task_id);
             }
             return;
         }

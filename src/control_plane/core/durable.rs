@@ -16,8 +16,8 @@ use chrono::Utc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::Core;
 use super::phase::Phase;
+use super::{Acceptance, Core};
 use crate::control_plane::events::{Event, Forget, TaskChange};
 use crate::journal::{Change, Commit, Done, Replay};
 use crate::protocol::{Attempt, CutShort, Status, TaskRecord};
@@ -32,7 +32,7 @@ pub(super) enum Journaled {
     Accepted {
         task_ids: Vec<String>,
         result: Result<(), String>,
-        respond: Option<oneshot::Sender<Result<Vec<Status>, String>>>,
+        respond: Option<oneshot::Sender<Result<Acceptance, String>>>,
     },
     /// A task's final record (of `bytes` encoded) is on disk: it is published.
     Finished {
@@ -158,13 +158,15 @@ impl Core {
         &mut self,
         fresh: Vec<String>,
         statuses: Vec<Status>,
-        respond: oneshot::Sender<Result<Vec<Status>, String>>,
+        respond: oneshot::Sender<Result<Acceptance, String>>,
     ) {
+        let deferred = self.draining;
+        let acceptance = Acceptance { statuses, deferred };
         let Some(journal) = &self.journal else {
             for task_id in &fresh {
                 self.place(task_id);
             }
-            let _ = respond.send(Ok(statuses));
+            let _ = respond.send(Ok(acceptance));
             return;
         };
         let changes = fresh
@@ -179,7 +181,7 @@ impl Core {
         let done: Done = Box::new(move |result| {
             let respond = match result {
                 Ok(()) => {
-                    let _ = respond.send(Ok(statuses));
+                    let _ = respond.send(Ok(acceptance));
                     None
                 }
                 Err(_) => Some(respond),
@@ -258,7 +260,12 @@ impl Core {
             } => {
                 for task_id in &task_ids {
                     match &result {
-                        Ok(()) => self.place(task_id),
+                        Ok(()) => {
+                            self.place(task_id);
+                            if self.draining {
+                                self.answer_for_restart(task_id);
+                            }
+                        }
                         // Not on disk: the submitter is told, and the task
                         // does not run (unless it was cancelled meanwhile:
                         // that record is on its way).

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::phase::Phase;
-use super::{Core, NewTask};
+use super::{Acceptance, Core, NewTask};
 use crate::control_plane::events::{Submitted, TaskChange};
 use crate::control_plane::queue::Waiting;
 use crate::control_plane::workers::Workers;
@@ -33,7 +33,7 @@ impl Core {
     pub(super) fn submit(
         &mut self,
         tasks: Vec<NewTask>,
-        respond: oneshot::Sender<Result<Vec<Status>, String>>,
+        respond: oneshot::Sender<Result<Acceptance, String>>,
     ) {
         match self.accept_all(tasks) {
             Ok((fresh, statuses)) => self.journal_accepted(fresh, statuses, respond),
@@ -46,7 +46,8 @@ impl Core {
     /// Accepts the tasks (all or none); returns the ids of those not known
     /// before, and each task's status.
     fn accept_all(&mut self, tasks: Vec<NewTask>) -> Result<(Vec<String>, Vec<Status>), String> {
-        if self.draining {
+        // While stopping, a journal keeps what is taken for the next start.
+        if self.draining && self.journal.is_none() {
             return Err("the control plane is shutting down".to_owned());
         }
         // Check everything first: a batch is accepted whole or not at all.

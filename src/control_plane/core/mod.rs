@@ -79,15 +79,26 @@ pub struct NewTask {
     pub waiter: Option<oneshot::Sender<TaskRecord>>,
 }
 
+/// A submit's answer: each task's status, in order, and whether the control
+/// plane took them while it stops (they are in the journal and run after
+/// the next start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acceptance {
+    pub statuses: Vec<Status>,
+    pub deferred: bool,
+}
+
 /// What the core is asked to do.
 #[derive(Debug)]
 pub enum Command {
     /// Accept all the tasks or none (a batch is all or nothing); a task id
     /// that is already known is not run again, its waiter just joins.
     /// Answered with each task's status, in order, once they are on disk.
+    /// While the control plane stops, with a journal, they are still taken
+    /// (they run after the next start); without one, refused.
     Submit {
         tasks: Vec<NewTask>,
-        respond: oneshot::Sender<Result<Vec<Status>, String>>,
+        respond: oneshot::Sender<Result<Acceptance, String>>,
     },
     Get {
         task_id: String,

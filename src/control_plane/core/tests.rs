@@ -100,7 +100,7 @@ impl Harness {
                 respond,
             })
             .await;
-        assert_eq!(accepted, Ok(vec![Status::Queued]));
+        assert_eq!(accepted.map(|a| a.statuses), Ok(vec![Status::Queued]));
     }
 
     async fn record(&self, task_id: &str) -> TaskRecord {
