@@ -127,6 +127,12 @@ impl Client {
         self.ask(&self.endpoints.query, &query, self.timeout).await
     }
 
+    /// The scheduled tasks and what they did.
+    pub async fn schedules(&self) -> Result<crate::protocol::ScheduleList, ClientError> {
+        let query = serde_json::json!({"action": "schedules"});
+        self.ask(&self.endpoints.query, &query, self.timeout).await
+    }
+
     /// Who the control plane is, and where subworkers register.
     pub async fn info(&self) -> Result<Info, ClientError> {
         let query = serde_json::json!({"action": "info"});

@@ -41,6 +41,7 @@ pub mod journal;
 pub mod manifest;
 pub mod protocol;
 pub mod runners;
+pub mod schedule;
 pub mod subworker;
 pub mod throttle;
 pub mod transport;

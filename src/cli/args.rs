@@ -134,6 +134,9 @@ pub struct ListArgs {
     /// Print the tasks as JSON
     #[arg(long)]
     pub json: bool,
+    /// Only the tasks with a schedule, with their schedules (FastWorker's flag)
+    #[arg(long)]
+    pub list_periodic: bool,
     /// Ask a running control plane instead of reading the manifest
     #[arg(long)]
     pub remote: bool,

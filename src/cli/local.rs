@@ -1,6 +1,5 @@
 //! The commands that need no control plane: `run`, `list` and `check`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -10,11 +9,12 @@ use super::args::{ListArgs, RunArgs, parse_arg, parse_kwargs};
 use super::error::{CliError, CliResult, EXIT_FAILED, EXIT_UNUSABLE};
 use super::output::{print_result, print_table};
 use crate::executor::{Execution, Executor, Outcome, TaskRequest, retry};
-use crate::manifest::{HowToRun, Manifest};
+use crate::manifest::HowToRun;
 
-pub async fn run(manifest: Option<&Path>, args: RunArgs) -> CliResult {
-    let manifest =
-        Manifest::discover(manifest).map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
+pub async fn run(manifest: &super::Sources, args: RunArgs) -> CliResult {
+    let manifest = manifest
+        .load()
+        .map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
     let Some(spec) = manifest.task(&args.task) else {
         return Err(CliError::Unusable(manifest.unknown_task(&args.task)));
     };
@@ -120,13 +120,20 @@ fn failure(e: &Execution) -> String {
     text
 }
 
-pub fn list(manifest: Option<&Path>, args: &ListArgs) -> CliResult {
-    let manifest =
-        Manifest::discover(manifest).map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
+pub fn list(manifest: &super::Sources, args: &ListArgs) -> CliResult {
+    let manifest = manifest
+        .load()
+        .map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
+    let tasks: Vec<&crate::manifest::TaskSpec> = manifest
+        .tasks
+        .values()
+        .map(AsRef::as_ref)
+        .filter(|t| !args.list_periodic || t.schedule.is_some())
+        .collect();
+    let now = chrono::Utc::now();
     if args.json {
-        let tasks: Vec<Value> = manifest
-            .tasks
-            .values()
+        let tasks: Vec<Value> = tasks
+            .iter()
             .map(|t| {
                 let how = match &t.how {
                     HowToRun::Command { argv } => json!({"kind": "command", "command": argv}),
@@ -147,31 +154,141 @@ pub fn list(manifest: Option<&Path>, args: &ListArgs) -> CliResult {
                     "priority": t.priority,
                     "timeout_ms": t.timeout.map(|d| d.as_millis()),
                     "retries": t.retries,
+                    "source": t.origin.describe(&manifest.path),
+                    "schedule": t.schedule.as_ref().map(|s| schedule_json(s, now)),
                 })
             })
             .collect();
         println!("{}", Value::Array(tasks));
         return Ok(());
     }
-    let rows: Vec<[String; 4]> = manifest
-        .tasks
-        .values()
+    if args.list_periodic {
+        let rows: Vec<[String; 5]> = tasks
+            .iter()
+            .filter_map(|t| {
+                let s = t.schedule.as_ref()?;
+                let next = s.next_after(now, now).map_or_else(
+                    || "none".to_owned(),
+                    |n| n.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+                let bounds = match (s.count, s.until) {
+                    (Some(c), Some(u)) => format!("{c} fires, until {}", u.to_rfc3339()),
+                    (Some(c), None) => format!("{c} fires"),
+                    (None, Some(u)) => format!("until {}", u.to_rfc3339()),
+                    (None, None) => String::new(),
+                };
+                Some([
+                    t.name.clone(),
+                    format!("{} ({})", s.rule, s.timezone),
+                    next,
+                    bounds,
+                    t.origin.describe(&manifest.path),
+                ])
+            })
+            .collect();
+        print_table(
+            &["NAME", "SCHEDULE", "NEXT (FROM NOW)", "LIMITS", "SOURCE"],
+            &rows,
+        );
+        return Ok(());
+    }
+    let rows: Vec<[String; 5]> = tasks
+        .iter()
         .map(|t| {
-            let how = t.how.describe(&manifest.dir);
             [
                 t.name.clone(),
-                how,
+                t.how.describe(&manifest.dir),
                 t.mode.to_string(),
+                t.origin.describe(&manifest.path),
                 t.description.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    print_table(&["NAME", "RUNS", "MODE", "DESCRIPTION"], &rows);
+    print_table(&["NAME", "RUNS", "MODE", "SOURCE", "DESCRIPTION"], &rows);
     Ok(())
 }
 
-pub fn check(manifest: Option<&Path>) -> CliResult {
-    let manifest = Manifest::discover(manifest).map_err(|e| CliError::manifest(&e, EXIT_FAILED))?;
+/// A schedule as `list --json` shows it.
+fn schedule_json(s: &crate::schedule::Schedule, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let (cron, every) = match &s.rule {
+        crate::schedule::Rule::Cron { expr, .. } => (Some(expr.clone()), None),
+        crate::schedule::Rule::Every(d) => (None, Some(d.as_secs_f64())),
+    };
+    json!({
+        "cron": cron,
+        "every_seconds": every,
+        "timezone": s.timezone.name(),
+        "count": s.count,
+        "until": s.until,
+        "next_from_now": s.next_after(now, now),
+    })
+}
+
+/// The Python runner tasks' `module:function`s, imported with the
+/// interpreter that will run them: problems, one a line.
+fn check_python_functions(manifest: &crate::manifest::Manifest) -> Vec<String> {
+    use std::collections::BTreeMap;
+    // (interpreter, its args, root) → [(task, function)]
+    type Key = (std::path::PathBuf, Vec<String>, std::path::PathBuf);
+    let mut groups: BTreeMap<Key, Vec<(&crate::manifest::TaskSpec, &str)>> = BTreeMap::new();
+    for task in manifest.tasks.values() {
+        let (HowToRun::Runner { function, .. }, Ok(program)) = (&task.how, &task.launch.program)
+        else {
+            continue;
+        };
+        // Only the built-in Python runner: `… -c <runner> … --root DIR`.
+        let args: Vec<String> = task
+            .launch
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let Some(c) = args.iter().position(|a| a == "-c") else {
+            continue;
+        };
+        if args.get(c + 1).map(String::as_str) != Some(crate::runners::PYTHON_RUNNER) {
+            continue;
+        }
+        let Some(root) = args
+            .iter()
+            .position(|a| a == "--root")
+            .and_then(|i| args.get(i + 1))
+        else {
+            continue;
+        };
+        if matches!(task.origin, crate::manifest::Origin::Module { .. }) {
+            continue; // imported when the modules were read
+        }
+        groups
+            .entry((program.clone(), args[..c].to_vec(), root.into()))
+            .or_default()
+            .push((task, function));
+    }
+    let mut problems = Vec::new();
+    for ((python, args, root), tasks) in groups {
+        let functions: Vec<&str> = tasks.iter().map(|(_, f)| *f).collect();
+        match crate::runners::check_functions(&python, &args, &root, &functions) {
+            Ok(checks) => {
+                for ((task, _), check) in tasks.iter().zip(checks) {
+                    if let (false, Some(error)) = (check.ok, check.error) {
+                        problems.push(format!(
+                            "{}: [tasks.{}] key `function`: {error}",
+                            task.origin.describe(&manifest.path),
+                            task.name
+                        ));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("cannot check the Python functions: {e}")),
+        }
+    }
+    problems
+}
+
+pub fn check(sources: &super::Sources) -> CliResult {
+    let manifest = sources
+        .load()
+        .map_err(|e| CliError::manifest(&e, EXIT_FAILED))?;
     // Which interpreter each runner uses, once per runner.
     let mut runners: std::collections::BTreeMap<(&str, String), Vec<&str>> = Default::default();
     for task in manifest.tasks.values() {
@@ -199,9 +316,13 @@ pub fn check(manifest: Option<&Path>) -> CliResult {
             }
         }
     }
+    let problems = check_python_functions(&manifest);
+    if !problems.is_empty() {
+        return Err(CliError::Failed(problems.join("\n")));
+    }
     println!(
         "{}: ok, {} task{}",
-        manifest.path.display(),
+        sources.describe(&manifest),
         manifest.tasks.len(),
         if manifest.tasks.len() == 1 { "" } else { "s" }
     );

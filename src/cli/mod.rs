@@ -36,6 +36,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "FASTWORKER_MANIFEST", value_name = "PATH")]
     pub manifest: Option<PathBuf>,
 
+    /// Python modules whose @task functions are tasks too (FastWorker's
+    /// flag; several after one flag, or comma-separated); with them, the
+    /// manifest is optional
+    #[arg(long, global = true, env = "FASTWORKER_TASK_MODULES", num_args = 1.., value_delimiter = ',', value_name = "MODULE")]
+    pub task_modules: Vec<String>,
+
     /// Log level (error, warn, info, debug, trace, off; FastWorker's DEBUG,
     /// INFO, WARNING, ERROR, CRITICAL in any case) or a RUST_LOG filter;
     /// overrides RUST_LOG [default: warn]
@@ -56,6 +62,9 @@ pub enum Command {
     Subworker(serve::SubworkerArgs),
     /// Show a control plane's workers: itself and its subworkers
     Workers(WorkersArgs),
+    /// List a running control plane's scheduled tasks: each one's rule, next
+    /// fire, last run and its outcome, skipped and missed fires
+    Schedules(WorkersArgs),
     /// Submit a task to a control plane and print its result
     Submit(SubmitArgs),
     /// Show a task's state and result on a control plane
@@ -81,6 +90,7 @@ pub fn main() -> ExitCode {
             | Command::Status(_)
             | Command::Cancel(_)
             | Command::Workers(_)
+            | Command::Schedules(_)
             | Command::Journal(_)
     ) {
         quiet_on_broken_pipe();
@@ -108,13 +118,41 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Where a command's tasks come from: the manifest, and the task modules.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub manifest: Option<PathBuf>,
+    pub modules: crate::manifest::TaskModules,
+}
+
+impl Sources {
+    pub fn load(&self) -> Result<crate::manifest::Manifest, crate::manifest::ManifestError> {
+        crate::manifest::Manifest::discover_with(self.manifest.as_deref(), &self.modules)
+    }
+
+    /// Where `manifest`'s tasks came from, for people.
+    pub fn describe(&self, manifest: &crate::manifest::Manifest) -> String {
+        let modules = self.modules.names.join(" ");
+        match (manifest.is_modules_only(), modules.is_empty()) {
+            (true, _) => format!("task modules {modules}"),
+            (false, true) => manifest.path.display().to_string(),
+            (false, false) => format!("{} and task modules {modules}", manifest.path.display()),
+        }
+    }
+}
+
 async fn dispatch(cli: Cli) -> CliResult {
-    let manifest = cli.manifest.as_deref();
+    let sources = Sources {
+        manifest: cli.manifest.clone(),
+        modules: crate::manifest::TaskModules::new(&cli.task_modules),
+    };
+    let manifest = &sources;
     match cli.command {
         Command::Run(args) => local::run(manifest, args).await,
         Command::ControlPlane(args) => serve::control_plane(manifest, args).await,
         Command::Subworker(args) => serve::subworker(manifest, args).await,
         Command::Workers(args) => remote::workers(&args).await,
+        Command::Schedules(args) => remote::schedules(&args).await,
         Command::Submit(args) => match &args.batch {
             Some(file) => batch::submit_batch(&args, file).await,
             None => remote::submit(args).await,

@@ -242,6 +242,59 @@ pub async fn list(args: &ListArgs) -> CliResult {
 }
 
 /// `fastworker workers`: the control plane's own slots and each subworker.
+pub async fn schedules(args: &WorkersArgs) -> CliResult {
+    let client = connect(&args.connect).await?;
+    let list = client
+        .schedules()
+        .await
+        .map_err(|e| CliError::unreachable(&e, &args.connect))?;
+    if args.json {
+        println!("{}", Value::Array(list.schedules));
+        return Ok(());
+    }
+    let text = |v: &Value, key: &str| match &v[key] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => shown(s).into_owned(),
+        other => other.to_string(),
+    };
+    let rows: Vec<[String; 7]> = list
+        .schedules
+        .iter()
+        .map(|s| {
+            let last = match (&s["last_task"], &s["last_status"]) {
+                (Value::String(id), Value::String(status)) => {
+                    format!("{} {}", shown(id), shown(status))
+                }
+                (Value::String(id), _) => format!("{} (result no longer kept)", shown(id)),
+                _ => "-".to_owned(),
+            };
+            let limit = match (&s["count"], &s["fires"]) {
+                (Value::Number(count), fires) => format!("{fires}/{count}"),
+                (_, fires) => fires.to_string(),
+            };
+            [
+                text(s, "name"),
+                format!("{} ({})", text(s, "rule"), text(s, "timezone")),
+                match &s["next"] {
+                    Value::Null => "over".to_owned(),
+                    _ => text(s, "next"),
+                },
+                last,
+                limit,
+                text(s, "skipped"),
+                text(s, "missed"),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME", "SCHEDULE", "NEXT", "LAST RUN", "FIRES", "SKIPPED", "MISSED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
 pub async fn workers(args: &WorkersArgs) -> CliResult {
     let client = connect(&args.connect).await?;
     let list = client

@@ -63,6 +63,10 @@ pub struct ControlPlaneArgs {
     /// Keep tasks in memory only (for benchmarks: a crash loses them)
     #[arg(long)]
     pub no_journal: bool,
+    /// Give subworkers the tasks they define differently from this control
+    /// plane's manifest (by default such a task is not given to them)
+    #[arg(long)]
+    pub allow_definition_mismatch: bool,
     #[command(flatten)]
     pub gui: GuiArgs,
     /// Run no tasks here: only hand them to subworkers (a pure coordinator)
@@ -229,8 +233,9 @@ pub struct SubworkerArgs {
     pub worker_token: WorkerTokenArgs,
 }
 
-pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> CliResult {
-    let manifest = crate::manifest::Manifest::discover(manifest)
+pub async fn subworker(sources: &super::Sources, args: SubworkerArgs) -> CliResult {
+    let manifest = sources
+        .load()
         .map(Arc::new)
         .map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
     let address = args.base_address.clone().unwrap_or_else(|| {
@@ -261,15 +266,15 @@ pub async fn subworker(manifest: Option<&Path>, args: SubworkerArgs) -> CliResul
         async move { force.cancel() }
     }));
     let tasks = manifest.tasks.len();
+    let from = sources.describe(&manifest);
     let concurrency = config.concurrency;
     let first = std::sync::atomic::AtomicBool::new(true);
     let ended = crate::subworker::run(config, Arc::clone(&manifest), shutdown, force, |manage, reply| {
         let again = !first.swap(false, std::sync::atomic::Ordering::Relaxed);
         eprintln!(
-            "fastworker subworker '{}' {}: registered on {manage}; {tasks} tasks from {}, concurrency {concurrency}",
+            "fastworker subworker '{}' {}: registered on {manage}; {tasks} tasks from {from}, concurrency {concurrency}",
             args.worker_id,
             if again { "registered again" } else { "ready" },
-            manifest.path.display(),
         );
         for warning in &reply.warnings {
             eprintln!("warning: {warning}");
@@ -395,8 +400,9 @@ fn switch(text: &str) -> Result<bool, String> {
     }
 }
 
-pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> CliResult {
-    let manifest = crate::manifest::Manifest::discover(manifest)
+pub async fn control_plane(sources: &super::Sources, args: ControlPlaneArgs) -> CliResult {
+    let manifest = sources
+        .load()
         .map(Arc::new)
         .map_err(|e| CliError::manifest(&e, EXIT_UNUSABLE))?;
     let mut config = Config::new(&args.base_address, &args.discovery_address);
@@ -412,6 +418,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> C
     config.shutdown_grace = args.shutdown_grace;
     config.data_dir = (!args.no_journal).then(|| args.data_dir.clone());
     config.local_tasks = !args.no_local_tasks;
+    config.allow_definition_mismatch = args.allow_definition_mismatch;
     config.limits = args.limits.limits(config.concurrency);
     config.insecure = args.insecure;
     if !args.callback_allow.is_empty() {
@@ -485,7 +492,7 @@ pub async fn control_plane(manifest: Option<&Path>, args: ControlPlaneArgs) -> C
         running.endpoints.query,
         config.discovery_address,
         manifest.tasks.len(),
-        manifest.path.display(),
+        sources.describe(&manifest),
         config.concurrency,
     );
     let core = running.core.clone();

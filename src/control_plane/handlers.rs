@@ -326,6 +326,8 @@ pub struct Context {
     /// What the query socket says about the control plane itself.
     pub manifest: Arc<Manifest>,
     pub info: protocol::Info,
+    /// The scheduled tasks, as the scheduler keeps them.
+    pub schedules: crate::schedule::scheduler::Schedules,
 }
 
 /// The query socket: results, status, cancel, the task list, the workers.
@@ -338,6 +340,19 @@ pub async fn query(cx: Arc<Context>, request: Request) -> Vec<u8> {
     drop(request);
     match cx.gate.admit(decoded, Need::Client, "query") {
         Ok(Query::Info) => protocol::encode(&cx.info),
+        Ok(Query::Schedules) => {
+            let mut schedules = Vec::new();
+            for row in cx.schedules.rows() {
+                let mut json = crate::schedule::scheduler::row_json(&row);
+                let last = match &row.state.last_task {
+                    Some(id) => core.get(id.clone()).await.map(|r| r.status),
+                    None => None,
+                };
+                json["last_status"] = serde_json::json!(last);
+                schedules.push(json);
+            }
+            protocol::encode(&protocol::ScheduleList { schedules })
+        }
         Ok(Query::Workers) => match core.workers().await {
             Some(workers) => protocol::encode(&WorkerList { workers }),
             None => protocol::encode(&ErrorReply {

@@ -24,7 +24,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use self::callbacks::CallbackPolicy;
-pub use self::core::{Due, Lane, NewTask, Queued, Queues, Refused, Stats, Timed, Visit};
+pub use self::core::{
+    Acceptance, Command, Due, Lane, NewTask, Queued, Queues, Refused, Stats, Timed, Visit,
+};
 pub use self::handlers::CoreHandle;
 pub use self::queue::{DispatchQueue, Waiting};
 use self::results::ResultCache;
@@ -71,6 +73,9 @@ pub struct Config {
     /// Events a listener may fall behind before it loses some (see
     /// [`events::Events::new`]).
     pub events_buffer: usize,
+    /// Give subworkers the tasks they define differently from this control
+    /// plane (`--allow-definition-mismatch`); by default they are not.
+    pub allow_definition_mismatch: bool,
 }
 
 impl Config {
@@ -97,6 +102,7 @@ impl Config {
             callbacks: CallbackPolicy::default(),
             data_dir: None,
             events_buffer: events::BUFFER,
+            allow_definition_mismatch: false,
         }
     }
 }
@@ -137,6 +143,8 @@ pub struct ControlPlane {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The journal's figures (none without a journal).
     pub journal: Option<crate::journal::Meter>,
+    /// The scheduled tasks (see [`crate::schedule`]).
+    pub schedules: crate::schedule::scheduler::Schedules,
     tasks: JoinSet<()>,
 }
 
@@ -235,6 +243,7 @@ pub async fn start(
             max_queue: config.max_queue,
             shutdown_grace: config.shutdown_grace,
             callbacks: config.callbacks.clone(),
+            allow_definition_mismatch: config.allow_definition_mismatch,
         },
         ResultCache::new(
             config.result_cache_size,
@@ -260,6 +269,25 @@ pub async fn start(
     });
     tasks.spawn(announcer);
     tasks.spawn(Arc::clone(&guard).sweep(servers_stop.clone()));
+    // Scheduled tasks fire through the core, until the shutdown.
+    let scheduled: Vec<(String, crate::schedule::Schedule)> = manifest
+        .tasks
+        .values()
+        .filter_map(|t| Some((t.name.clone(), t.schedule.clone()?)))
+        .collect();
+    let schedules = if scheduled.is_empty() {
+        crate::schedule::scheduler::Schedules::default()
+    } else {
+        let scheduler = crate::schedule::scheduler::Scheduler::new(
+            scheduled,
+            handle.clone(),
+            config.data_dir.as_ref().map(|d| d.join("schedules.json")),
+            Box::new(chrono::Utc::now),
+        );
+        let schedules = scheduler.schedules();
+        tasks.spawn(scheduler.run(shutdown.clone()));
+        schedules
+    };
     let cx = Arc::new(handlers::Context {
         core: handle.clone(),
         gate: handlers::Gate::new(config.access.clone()),
@@ -270,6 +298,7 @@ pub async fn start(
             base_address: config.base_address.clone(),
             subworker_address: endpoints.subworker.clone(),
         },
+        schedules: schedules.clone(),
     });
     for server in submit_servers {
         serve(&mut tasks, server, &cx, &servers_stop, handlers::submit);
@@ -308,6 +337,7 @@ pub async fn start(
         discovery_address: config.discovery_address.clone(),
         started_at: chrono::Utc::now(),
         journal: meter,
+        schedules,
         tasks,
     })
 }

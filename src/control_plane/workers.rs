@@ -170,14 +170,18 @@ pub struct Workers {
     by_id: BTreeMap<String, Worker>,
     leases: HashMap<String, LeaseInfo>,
     events: Events,
+    /// Give a subworker the tasks it defines differently from the control
+    /// plane (`--allow-definition-mismatch`); by default it is not given them.
+    allow_mismatch: bool,
 }
 
 impl Workers {
-    pub fn new(events: Events) -> Workers {
+    pub fn new(events: Events, allow_mismatch: bool) -> Workers {
         Workers {
             by_id: BTreeMap::new(),
             leases: HashMap::new(),
             events,
+            allow_mismatch,
         }
     }
 
@@ -322,12 +326,13 @@ impl Workers {
             .filter(|l| !held.contains(*l))
             .cloned()
             .collect();
-        let warnings = self.definition_warnings(&id, &reg.tasks, ours);
+        let mut offers = reg.tasks;
+        let warnings = self.definition_warnings(&id, &mut offers, ours);
         for warning in &warnings {
             tracing::warn!(worker = %id, "{warning}");
         }
         let kept: HashSet<String> = held.into_iter().filter(|l| claimed.contains(l)).collect();
-        tracing::info!(worker = %id, address = %reg.address, capacity = reg.capacity, tasks = reg.tasks.len(), kept = kept.len(), "subworker registered");
+        tracing::info!(worker = %id, address = %reg.address, capacity = reg.capacity, tasks = offers.len(), kept = kept.len(), "subworker registered");
         let mut worker = Worker::new(
             id.clone(),
             Some(reg.hello.session),
@@ -335,7 +340,7 @@ impl Workers {
             reg.capacity,
         );
         let now = Utc::now();
-        worker.offers = reg.tasks;
+        worker.offers = offers;
         worker.last_seen_at = Some(now);
         worker.registered_at = registered_at.or(Some(now));
         worker.leases = kept;
@@ -362,20 +367,29 @@ impl Workers {
     }
 
     /// Tasks `worker` defines differently from the control plane (`ours`)
-    /// or from another worker.
+    /// or from another worker. Those that differ from the control plane's
+    /// are taken out of `offers` (the worker is not given them) unless
+    /// mismatches are allowed.
     fn definition_warnings(
         &self,
         worker: &str,
-        offers: &BTreeMap<String, TaskOffer>,
+        offers: &mut BTreeMap<String, TaskOffer>,
         ours: impl Fn(&str) -> Option<String>,
     ) -> Vec<String> {
         let mut warnings = Vec::new();
-        for (name, offer) in offers {
+        let mut withheld = Vec::new();
+        for (name, offer) in offers.iter() {
             if let Some(ours) = ours(name)
                 && ours != offer.digest
             {
+                let consequence = if self.allow_mismatch {
+                    "it is given the task anyway (--allow-definition-mismatch)"
+                } else {
+                    withheld.push(name.clone());
+                    "it is not given this task (make the definitions the same, or pass --allow-definition-mismatch to the control plane)"
+                };
                 warnings.push(format!(
-                    "task '{name}' is defined differently on subworker '{worker}' (digest {}) than on the control plane (digest {ours})",
+                    "task '{name}' is defined differently on subworker '{worker}' (digest {}) than on the control plane (digest {ours}): {consequence}",
                     offer.digest
                 ));
             }
@@ -389,6 +403,9 @@ impl Workers {
                     ));
                 }
             }
+        }
+        for name in withheld {
+            offers.remove(&name);
         }
         warnings
     }

@@ -6,7 +6,7 @@
 //! so they are exact even when the event stream's listeners fall behind.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -198,23 +198,8 @@ impl History {
             version: 1,
             minutes: self.minutes.iter().cloned().collect(),
         };
-        write_private(path, &serde_json::to_vec(&saved)?)
+        crate::journal::replace_file(path, &serde_json::to_vec(&saved)?)
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -257,6 +257,20 @@ pub(crate) fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Replaces the file at `path` with `bytes`, readable by its owner only: a
+/// new file, synced, renamed over the old one, so that a crash leaves one
+/// or the other whole (for the small files kept beside the journal).
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = private_file(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Takes the data dir's lock, creating the dir and the lock file as needed.
 fn lock(dir: &Path) -> Result<Flock<std::fs::File>, JournalError> {
     private_dir(dir).map_err(|source| JournalError::CreateDir {

@@ -34,7 +34,12 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if self.line == 0 {
+            // Not in a file: the task modules, as named on the command line.
+            write!(f, "{}: ", self.file.display())?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        }
         match (&self.table, &self.key) {
             (Some(table), Some(key)) => write!(f, "[{table}] key `{key}`: ")?,
             (Some(table), None) => write!(f, "[{table}]: ")?,

@@ -136,6 +136,40 @@ pub struct TaskSpec {
     pub grace_period: Duration,
     /// What each of its processes may use.
     pub limits: ResourceLimits,
+    /// Where it is defined.
+    pub origin: Origin,
+    /// When it runs by itself (the control plane fires it).
+    pub schedule: Option<crate::schedule::Schedule>,
+}
+
+/// Where a task is defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[tasks.NAME]` table, at this line of the manifest.
+    Manifest { line: usize },
+    /// A `@task` function in a task module.
+    Module {
+        module: String,
+        file: PathBuf,
+        line: usize,
+    },
+}
+
+impl Origin {
+    /// For people: `tasks.toml:12` (the manifest as given), or
+    /// `mytasks.py:8 (@task)`.
+    pub fn describe(&self, manifest: &Path) -> String {
+        match self {
+            Origin::Manifest { line } => format!("{}:{line}", manifest.display()),
+            Origin::Module { file, line, .. } => {
+                let name = file.file_name().map_or_else(
+                    || file.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                format!("{name}:{line} (@task)")
+            }
+        }
+    }
 }
 
 /// What a task's process may use (the manifest's `memory_limit`,
@@ -291,6 +325,11 @@ impl Launch {
     }
 }
 
+/// The name a manifest made of task modules alone goes by.
+const NO_MANIFEST: &str = "(task modules)";
+
+pub use self::resolve::TaskModules;
+
 impl Manifest {
     /// Loads the manifest named by `explicit`, else by `FASTWORKER_MANIFEST`,
     /// else `./tasks.toml`.
@@ -314,6 +353,41 @@ impl Manifest {
         Manifest::load(&path)
     }
 
+    /// [`Manifest::discover`], with the `@task` functions of Python task
+    /// modules beside its tasks. With modules, the manifest is optional:
+    /// none found, the tasks are the modules' alone.
+    pub fn discover_with(
+        explicit: Option<&Path>,
+        modules: &TaskModules,
+    ) -> Result<Manifest, ManifestError> {
+        if modules.names.is_empty() {
+            return Manifest::discover(explicit);
+        }
+        let given =
+            explicit.is_some() || std::env::var_os(MANIFEST_ENV).is_some_and(|p| !p.is_empty());
+        if !given && !Path::new(DEFAULT_MANIFEST).exists() {
+            let path = modules.root.join(NO_MANIFEST);
+            return Manifest::from_source_with(&path, "", modules);
+        }
+        let path = match explicit {
+            Some(path) => path.to_path_buf(),
+            None => match std::env::var_os(MANIFEST_ENV) {
+                Some(path) if !path.is_empty() => PathBuf::from(path),
+                _ => PathBuf::from(DEFAULT_MANIFEST),
+            },
+        };
+        let source = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Manifest::from_source_with(&path, &source, modules)
+    }
+
+    /// Whether the tasks come from task modules only (no manifest file).
+    pub fn is_modules_only(&self) -> bool {
+        self.path.file_name().is_some_and(|n| n == NO_MANIFEST)
+    }
+
     /// Loads and validates the manifest at `path`.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let source = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
@@ -325,8 +399,17 @@ impl Manifest {
 
     /// Validates `source` as if it had been read from `path`.
     pub fn from_source(path: &Path, source: &str) -> Result<Manifest, ManifestError> {
+        Manifest::from_source_with(path, source, &TaskModules::default())
+    }
+
+    /// [`Manifest::from_source`], with the tasks of `modules`.
+    pub fn from_source_with(
+        path: &Path,
+        source: &str,
+        modules: &TaskModules,
+    ) -> Result<Manifest, ManifestError> {
         let dir = manifest_dir(path)?;
-        let tasks = resolve::resolve(path, &dir, source)?;
+        let tasks = resolve::resolve(path, &dir, source, modules)?;
         Ok(Manifest {
             path: path.to_path_buf(),
             dir,

@@ -56,6 +56,26 @@ pub struct RawTable {
     pub cpu_time_limit: S<toml::Value>,
     pub max_open_files: S<u32>,
     pub max_processes: S<u32>,
+
+    // When it runs by itself (a task only).
+    pub schedule: S<RawSchedule>,
+}
+
+/// A task's `schedule = { … }`: a cron expression or an interval, and
+/// what each fire submits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub cron: S<String>,
+    pub every: S<toml::Value>,
+    pub timezone: S<String>,
+    pub count: S<u64>,
+    pub until: S<toml::Value>,
+    pub args: S<Vec<toml::Value>>,
+    pub kwargs: S<toml::value::Table>,
+    pub priority: S<Priority>,
+    pub catch_up: S<String>,
+    pub overlap: S<String>,
 }
 
 /// One `[runners.NAME]` table: an interpreter, the program it runs, and pool settings.

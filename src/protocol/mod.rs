@@ -323,6 +323,8 @@ pub enum Query {
     Workers,
     /// fastworker extension `{"action": "info"}`: [`Info`].
     Info,
+    /// fastworker extension `{"action": "schedules"}`: [`ScheduleList`].
+    Schedules,
 }
 
 impl Query {
@@ -357,9 +359,18 @@ impl Query {
             Some("list_tasks") => Ok(Query::ListTasks),
             Some("workers") => Ok(Query::Workers),
             Some("info") => Ok(Query::Info),
+            Some("schedules") => Ok(Query::Schedules),
             Some(other) => Err(format!("unknown action '{other}'")),
         }
     }
+}
+
+/// fastworker extension: the reply to `{"action": "schedules"}`: each
+/// scheduled task, its rule, its next fire, what it did so far, and the
+/// status of the task it fired last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleList {
+    pub schedules: Vec<Value>,
 }
 
 /// FastWorker's `TaskResult`: the reply to a blocking submit and the payload

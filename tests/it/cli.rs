@@ -304,3 +304,106 @@ fn timeout_accepts_seconds_or_humantime() {
         assert_contains(&stderr(&o), "error: task 'sleep' timed out after 300ms");
     }
 }
+
+/// A control plane on `fx` (ipc, no journal, any GUI port) with `env`:
+/// its ready line; the process is killed.
+fn ready_line(fx: &Fixture, env: &[(&str, &str)]) -> String {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args([
+            "control-plane",
+            "--no-journal",
+            "--gui-port",
+            "0",
+            "--manifest",
+        ])
+        .arg(fx.manifest_path())
+        .arg("--base-address")
+        .arg(format!("ipc://{}", fx.path("cp").display()))
+        .arg("--discovery-address")
+        .arg(format!("ipc://{}", fx.path("disc").display()))
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let _kill = KillOnDrop(child.id());
+    let lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let ready = lines
+        .map_while(Result::ok)
+        .find(|l| l.contains("ready") || l.contains("error"))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    ready
+}
+
+#[test]
+fn check_imports_every_python_function() {
+    let fx = Fixture::new(
+        "[tasks.ok]\nrunner = \"python\"\nfunction = \"pytasks:add\"\n\n[tasks.gone]\nrunner = \"python\"\nfunction = \"nosuchmod:add\"\n\n[tasks.typo]\nrunner = \"python\"\nfunction = \"pytasks:ad\"\n",
+    );
+    let manifest = fx.manifest_path().display().to_string();
+    let o = fastworker(&["check", "--manifest", &manifest]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert_contains(
+        &err,
+        &format!(
+            "{manifest}:5: [tasks.gone] key `function`: cannot import module 'nosuchmod' for nosuchmod:add: No module named 'nosuchmod'"
+        ),
+    );
+    assert_contains(
+        &err,
+        &format!(
+            "{manifest}:9: [tasks.typo] key `function`: module 'pytasks' has no attribute 'ad'"
+        ),
+    );
+    assert!(!err.contains("[tasks.ok]"), "{err}");
+}
+
+#[test]
+fn fastworkers_knobs_work_as_its_users_type_them() {
+    // Log levels by FastWorker's names, in any case; a typo is an error.
+    for level in ["WARNING", "critical", "Info", "DEBUG", "error"] {
+        let o = fastworker(&["--log-level", level, "list", "--manifest", &example()]);
+        assert_eq!(o.status.code(), Some(0), "{level}: {}", stderr(&o));
+    }
+    let o = fastworker(&["--log-level", "WARN1NG", "list", "--manifest", &example()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_contains(&stderr(&o), "--log-level \"WARN1NG\": not a log level");
+
+    // Booleans from the environment: 1/0, yes/no, on/off, any case.
+    let fx = Fixture::new("[tasks.t]\ncommand = [\"true\"]\n");
+    for (value, gui) in [
+        ("1", false),
+        ("YES", false),
+        ("on", false),
+        ("0", true),
+        ("No", true),
+    ] {
+        let ready = ready_line(&fx, &[("FASTWORKER_NO_GUI", value)]);
+        assert_eq!(ready.contains("GUI on http://"), gui, "{value}: {ready}");
+    }
+    let o = Command::new(BIN)
+        .args(["control-plane", "--manifest", "/nonexistent"])
+        .env("FASTWORKER_NO_GUI", "maybe")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    assert_contains(&stderr(&o), "invalid value 'maybe' for '--no-gui'");
+
+    // Schedules: the manifest's and a module's, with their sources.
+    let fx = Fixture::new(
+        "[tasks.tick]\ncommand = [\"true\"]\nschedule = { cron = \"0 9 * * mon-fri\", timezone = \"Europe/Paris\", count = 10 }\n",
+    );
+    let o = fastworker(&[
+        "list",
+        "--list-periodic",
+        "--manifest",
+        fx.manifest_path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_contains(&out, "cron 0 9 * * mon-fri (Europe/Paris)");
+    assert_contains(&out, "10 fires");
+}

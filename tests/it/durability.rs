@@ -68,17 +68,18 @@ async fn a_restart_keeps_waiting_tasks_and_finished_results() {
     // Shut down: the running blocker finishes, the queued tasks stay journaled.
     let client = fastworker::client::Client::new(&cp.base, Duration::from_secs(5)).expect("client");
     let stopping = tokio::spawn(cp.stop());
-    // The blocker ends only once the control plane is stopping (it refuses
-    // new tasks), or a queued task could take its slot first.
+    // The blocker ends only once the control plane is stopping (a submit
+    // is then kept for the next start, and told so), or a queued task could
+    // take its slot first.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let ack = client.submit_ack(wire_task("eight", vec![]), None).await;
-        if ack.is_ok_and(|a| !a.accepted) {
+        if ack.is_ok_and(|a| a.accepted && a.note.is_some()) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the control plane never stopped accepting"
+            "the control plane never started stopping"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -987,10 +987,8 @@ async fn the_cli_serves_the_gui_says_where_and_refuses_what_it_cannot_do() {
         .unwrap_or("")
         .trim_end_matches('/')
         .to_owned();
-    let other = format!(
-        "tcp://127.0.0.1:{}",
-        20_000 + crate::helpers::rand_u16() % 40_000
-    );
+    // ipc: no TCP port to collide with by chance.
+    let other = format!("ipc://{}", fx.path("cp2").display());
     let out = tokio::process::Command::new(BIN)
         .args([
             "control-plane",

@@ -13,6 +13,7 @@ mod helpers;
 mod journal;
 mod limits;
 mod manifest;
+mod migration;
 mod netns;
 mod oneshot;
 mod pool;

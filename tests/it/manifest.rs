@@ -343,3 +343,61 @@ max_processes = 0
         "key `max_processes`: `max_processes` must be at least 1",
     );
 }
+
+#[test]
+fn a_schedule_says_what_is_wrong_with_it() {
+    let cases = [
+        (
+            "schedule = { every = \"30s\", cron = \"* * * * *\" }",
+            "give `cron` or `every`, not both",
+        ),
+        (
+            "schedule = { count = 3 }",
+            "a schedule needs `cron = \"*/5 * * * *\"` or `every = \"30s\"`",
+        ),
+        (
+            "schedule = { cron = \"* * * *\" }",
+            "has 4 fields; it needs 5",
+        ),
+        (
+            "schedule = { cron = \"* * * * *\", timezone = \"Mars/Olympus\" }",
+            "unknown time zone \"Mars/Olympus\"",
+        ),
+        ("schedule = { every = \"0s\" }", "`every` must be above 0"),
+        (
+            "schedule = { every = \"1m\", count = 0 }",
+            "`count` must be at least 1",
+        ),
+        (
+            "schedule = { every = \"1m\", catch_up = \"all\" }",
+            "`catch_up` is \"skip\" or \"once\"",
+        ),
+        (
+            "schedule = { every = \"1m\", until = \"soon\" }",
+            "\"soon\" is not a date and time",
+        ),
+        (
+            "schedule = { every = \"1m\", at = 3 }",
+            "unknown field `at`",
+        ),
+    ];
+    for (line, expected) in cases {
+        let e = crate::helpers::load_error(&format!("[tasks.t]\ncommand = [\"true\"]\n{line}\n"));
+        assert!(e.contains("tasks.toml:3:"), "{line}: {e}");
+        assert!(e.contains(expected), "{line}: {e}");
+    }
+    let e = crate::helpers::load_error("[defaults]\nschedule = { every = \"1m\" }\n");
+    assert!(e.contains("`schedule` belongs to a task"), "{e}");
+    let ok = Fixture::new(
+        "[tasks.t]\ncommand = [\"true\"]\nschedule = { every = \"90s\", until = 2027-01-01T00:00:00Z, args = [1, \"x\"], kwargs = { k = true }, priority = \"low\", catch_up = \"once\", overlap = \"allow\" }\n",
+    )
+    .load();
+    let s = ok.tasks["t"].schedule.as_ref().expect("a schedule");
+    assert_eq!(s.rule.to_string(), "every 1m 30s");
+    assert_eq!(s.args, [serde_json::json!(1), serde_json::json!("x")]);
+    assert_eq!(s.kwargs["k"], serde_json::json!(true));
+    assert_eq!(
+        s.until.map(|u| u.to_rfc3339()),
+        Some("2027-01-01T00:00:00+00:00".to_owned())
+    );
+}

@@ -230,8 +230,53 @@ async fn two_workers_that_define_a_task_differently_are_warned_about() {
     let info = worker(&client, "b").await.expect("b is listed");
     assert_eq!(info.warnings.len(), 2, "{info:?}");
     assert_contains(&info.warnings[0], "than on the control plane");
+    assert_contains(&info.warnings[0], "it is not given this task");
     assert_contains(&info.warnings[1], "than on subworker 'a'");
     assert!(worker(&client, "a").await.expect("a").warnings.is_empty());
+    assert!(
+        !info.tasks.contains(&"eight".to_owned()),
+        "b is not given its other 'eight': {info:?}"
+    );
+    // It never runs there: a, or the control plane itself, runs it.
+    for _ in 0..6 {
+        let id = submit(&client, "eight", None).await;
+        let r = wait_record(&client, &id, |r| r.status.is_final()).await;
+        assert_eq!(r.result, json!(8), "{r:?}");
+        assert!(attempt_workers(&r).iter().all(|(_, w)| w != "b"), "{r:?}");
+    }
+    // `fastworker workers` shows the mismatch.
+    let out = tokio::process::Command::new(BIN)
+        .args(["workers", "--base-address", &base])
+        .output()
+        .await
+        .expect("workers");
+    assert_contains(
+        &String::from_utf8_lossy(&out.stdout),
+        "warning: task 'eight' is defined differently on subworker 'b'",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mismatched_definition_is_used_when_allowed() {
+    let fx = Fixture::new(MANIFEST);
+    let fx_other = Fixture::new(&MANIFEST.replace("echo 8", "echo 9"));
+    let (_cp, base) = spawn_control_plane_with(
+        &fx,
+        1,
+        &[],
+        &["--no-local-tasks", "--allow-definition-mismatch"],
+    )
+    .await;
+    let b = subworker(&fx_other, &base, "b", 1, &[]).await;
+    let client = client(&base);
+    let id = submit(&client, "eight", None).await;
+    let r = wait_record(&client, &id, |r| r.status.is_final()).await;
+    assert_eq!(r.result, json!(9), "b's own definition ran: {r:?}");
+    assert!(
+        b.said("it is given the task anyway (--allow-definition-mismatch)"),
+        "{}",
+        b.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

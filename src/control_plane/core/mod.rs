@@ -205,6 +205,9 @@ pub struct Settings {
     /// Where callbacks may go: those of tasks taken back from the journal
     /// are checked again (the policy may have changed).
     pub callbacks: super::callbacks::CallbackPolicy,
+    /// Give subworkers the tasks they define differently from the control
+    /// plane (see [`Workers`]).
+    pub allow_definition_mismatch: bool,
 }
 
 pub struct Core {
@@ -245,6 +248,7 @@ impl Core {
         events: Events,
     ) -> Core {
         let (journaled_tx, journaled_rx) = mpsc::unbounded_channel();
+        let allow_mismatch = settings.allow_definition_mismatch;
         Core {
             manifest,
             executor,
@@ -254,7 +258,7 @@ impl Core {
             timers: BTreeSet::new(),
             results,
             done_here: 0,
-            workers: Workers::new(events.clone()),
+            workers: Workers::new(events.clone(), allow_mismatch),
             events,
             tx,
             journal,

@@ -30,6 +30,8 @@ retry_backoff = "1s"
 
 struct Harness {
     tx: mpsc::Sender<Command>,
+    /// The control plane's digest of `work`: the subworkers define it the same.
+    digest: String,
     events: broadcast::Receiver<Arc<Stamped>>,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
@@ -42,6 +44,7 @@ impl Harness {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("tasks.toml");
         let manifest = Arc::new(Manifest::from_source(&path, MANIFEST).expect("manifest"));
+        let digest = manifest.task("work").expect("work").digest(&manifest.dir);
         let events = Events::default();
         let listener = events.subscribe();
         let (tx, rx) = mpsc::channel(64);
@@ -55,6 +58,7 @@ impl Harness {
                 max_queue: 100,
                 shutdown_grace: Duration::from_secs(1),
                 callbacks: Default::default(),
+                allow_definition_mismatch: false,
             },
             ResultCache::new(
                 NonZeroUsize::MIN.saturating_add(99),
@@ -70,6 +74,7 @@ impl Harness {
         tokio::spawn(core.run(rx, stop.clone()));
         Harness {
             tx,
+            digest,
             events: listener,
             stop,
             _dir: dir,
@@ -154,7 +159,7 @@ impl Worker {
             session: uuid::Uuid::new_v4().simple().to_string(),
         };
         let offer = TaskOffer {
-            digest: "d".into(),
+            digest: h.digest.clone(),
             priority: Priority::Normal,
             retries: 1,
             retry_backoff_ms: 1000,

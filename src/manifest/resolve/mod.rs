@@ -20,7 +20,11 @@ use super::raw::{RawManifest, RawRunner, RawTable};
 use super::{HowToRun, Launch, Mode, Priority, ResourceLimits, TaskSpec};
 use crate::runners;
 
+mod modules;
+mod schedule;
 mod values;
+
+pub use self::modules::TaskModules;
 
 /// The built-in defaults, in one place.
 struct Builtin;
@@ -109,6 +113,7 @@ pub(super) fn resolve(
     path: &Path,
     dir: &Path,
     source: &str,
+    modules: &TaskModules,
 ) -> Result<BTreeMap<String, Arc<TaskSpec>>, ManifestError> {
     let loc = Locator {
         file: path.to_path_buf(),
@@ -150,6 +155,14 @@ pub(super) fn resolve(
             tasks.insert(name.clone(), Arc::new(spec));
         }
     }
+    if !modules.names.is_empty() {
+        let lines: BTreeMap<String, usize> = raw
+            .tasks
+            .iter()
+            .map(|(name, t)| (name.clone(), cx.loc.line_col(t.span().start).0))
+            .collect();
+        cx.module_tasks(modules, &defaults, &runners, &lines, &mut tasks);
+    }
 
     if cx.problems.is_empty() {
         Ok(tasks)
@@ -160,6 +173,19 @@ pub(super) fn resolve(
             problems: cx.problems,
         })
     }
+}
+
+/// What a task's spec is made of.
+struct Spec<'a> {
+    name: &'a str,
+    description: Option<String>,
+    how: HowToRun,
+    runner: Option<&'a RunnerDef>,
+    options: Options,
+    origin: super::Origin,
+    schedule: Option<crate::schedule::Schedule>,
+    /// Where a runner imports the task's function from.
+    root: &'a Path,
 }
 
 struct Cx<'a> {
@@ -183,6 +209,7 @@ impl Cx<'_> {
             ("runner", t.runner.as_ref().map(Spanned::span)),
             ("function", t.function.as_ref().map(Spanned::span)),
             ("description", t.description.as_ref().map(Spanned::span)),
+            ("schedule", t.schedule.as_ref().map(Spanned::span)),
         ];
         for (key, span) in ways {
             if let Some(span) = span {
@@ -268,18 +295,36 @@ impl Cx<'_> {
         // `check` shows every problem.
         let how = self.how_to_run(name, table, &tname, runners);
         let own = self.options(t, &tname);
+        let schedule = t.schedule.as_ref().and_then(|s| self.schedule(s, &tname));
         if self.problems.len() != before {
             return None;
         }
         let (how, runner) = how?;
         let empty = Options::default();
         let o = own.or(runner.map_or(&empty, |r| &r.options)).or(defaults);
-        let mode = o.mode.unwrap_or_default();
-        let launch = self.launch(&how, runner, mode);
-        Some(TaskSpec {
-            name: name.to_owned(),
+        let line = self.loc.line_col(table.span().start).0;
+        let root = self.dir.to_path_buf();
+        Some(self.spec(Spec {
+            name,
             description: t.description.as_ref().map(|d| d.get_ref().clone()),
             how,
+            runner,
+            options: o,
+            origin: super::Origin::Manifest { line },
+            schedule,
+            root: &root,
+        }))
+    }
+
+    /// A task's spec from what was validated.
+    fn spec(&mut self, s: Spec<'_>) -> TaskSpec {
+        let o = s.options;
+        let mode = o.mode.unwrap_or_default();
+        let launch = self.launch(&s.how, s.runner, mode, s.root);
+        TaskSpec {
+            name: s.name.to_owned(),
+            description: s.description,
+            how: s.how,
             launch,
             timeout: o.timeout,
             priority: o.priority.unwrap_or_default(),
@@ -287,7 +332,7 @@ impl Cx<'_> {
             retry_backoff: o.retry_backoff.unwrap_or(Builtin::RETRY_BACKOFF),
             env: o.env,
             inherit_env: o.inherit_env.unwrap_or(Builtin::INHERIT_ENV),
-            cwd: o.cwd.unwrap_or_else(|| self.dir.to_path_buf()),
+            cwd: o.cwd.unwrap_or_else(|| s.root.to_path_buf()),
             max_output: o.max_output.unwrap_or(Builtin::MAX_OUTPUT),
             max_concurrency: o.max_concurrency,
             mode,
@@ -295,7 +340,9 @@ impl Cx<'_> {
             max_tasks_per_process: o.max_tasks_per_process,
             grace_period: o.grace_period.unwrap_or(Builtin::GRACE_PERIOD),
             limits: o.limits,
-        })
+            origin: s.origin,
+            schedule: s.schedule,
+        }
     }
 
     /// Validates the options `t` sets (a task's table or `[defaults]`).
@@ -461,8 +508,15 @@ impl Cx<'_> {
         Some((how, Some(runner)))
     }
 
-    /// Resolves the program and builds the arguments for a validated task.
-    fn launch(&mut self, how: &HowToRun, runner: Option<&RunnerDef>, mode: Mode) -> Launch {
+    /// Resolves the program and builds the arguments for a validated task
+    /// (a runner's functions are imported from `root`).
+    fn launch(
+        &mut self,
+        how: &HowToRun,
+        runner: Option<&RunnerDef>,
+        mode: Mode,
+        root: &Path,
+    ) -> Launch {
         match (how, runner) {
             (HowToRun::Command { argv }, _) => Launch {
                 requested: argv[0].clone(),
@@ -496,7 +550,7 @@ impl Cx<'_> {
                 args: Vec::new(),
             },
             (HowToRun::Runner { function, .. }, Some(runner)) => {
-                runner_launch(runner, function, mode, self.dir)
+                runner_launch(runner, function, mode, root)
             }
             (HowToRun::Runner { runner, .. }, None) => Launch {
                 requested: runner.clone(),
