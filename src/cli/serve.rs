@@ -319,7 +319,8 @@ pub struct GuiArgs {
     /// Serve the web GUI: true/false, 1/0, yes/no, on/off (FastWorker's switch; --no-gui wins)
     #[arg(long, env = "FASTWORKER_GUI_ENABLED", value_parser = switch, value_name = "BOOL")]
     pub gui_enabled: Option<bool>,
-    /// A token every GUI route requires (reads, events and /metrics included)
+    /// A token every GUI route requires (reads, events and /metrics included;
+    /// FastWorker's FASTWORKER_GUI_API_KEY is read too)
     #[arg(
         long,
         env = "FASTWORKER_GUI_TOKEN",
@@ -355,7 +356,8 @@ pub struct GuiArgs {
     /// Another Host the GUI answers to (a reverse proxy's name); repeatable
     #[arg(long, value_name = "HOST")]
     pub gui_allowed_host: Vec<String>,
-    /// Send CORS headers for this origin (none are sent otherwise)
+    /// Send CORS headers for this origin (none are sent otherwise; also
+    /// FASTWORKER_GUI_CORS_ORIGIN, FastWorker's variable, where `*` is ignored)
     #[arg(long, value_name = "ORIGIN")]
     pub gui_cors_origin: Option<String>,
     /// The largest request body the GUI takes
@@ -369,9 +371,33 @@ impl GuiArgs {
         if self.no_gui || self.gui_enabled == Some(false) {
             return Ok(None);
         }
-        let token =
-            super::args::token_from(self.gui_token.as_deref(), self.gui_token_file.as_deref())
-                .map_err(|e| format!("--gui-token: {e}"))?;
+        // FastWorker's FASTWORKER_GUI_API_KEY guarded its write endpoints:
+        // here it is the GUI's token (every route).
+        let api_key = std::env::var("FASTWORKER_GUI_API_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty());
+        let given = self.gui_token.clone().or(match &self.gui_token_file {
+            Some(_) => None,
+            None => api_key,
+        });
+        let token = super::args::token_from(given.as_deref(), self.gui_token_file.as_deref())
+            .map_err(|e| format!("--gui-token: {e}"))?;
+        // FastWorker's FASTWORKER_GUI_CORS_ORIGIN defaulted to `*`: any site
+        // could read the API. One origin is taken; `*` is not.
+        let cors_origin = match (
+            &self.gui_cors_origin,
+            std::env::var("FASTWORKER_GUI_CORS_ORIGIN"),
+        ) {
+            (Some(origin), _) => Some(origin.clone()),
+            (None, Ok(origin)) if origin.trim() == "*" => {
+                tracing::warn!(
+                    "FASTWORKER_GUI_CORS_ORIGIN=* is ignored: it would let any web site read the GUI's API; name one origin (--gui-cors-origin https://ops.example.com)"
+                );
+                None
+            }
+            (None, Ok(origin)) if !origin.trim().is_empty() => Some(origin.trim().to_owned()),
+            (None, _) => None,
+        };
         Ok(Some(crate::gui::GuiConfig {
             host: self.gui_host.clone(),
             port: self.gui_port,
@@ -381,7 +407,7 @@ impl GuiArgs {
             read_only: self.gui_read_only,
             redact: self.gui_redact.clone(),
             allowed_hosts: self.gui_allowed_host.clone(),
-            cors_origin: self.gui_cors_origin.clone(),
+            cors_origin,
             max_body: self.gui_max_body,
             history: data_dir.map(|d| d.join("gui-history.json")),
             ..crate::gui::GuiConfig::new()
