@@ -210,6 +210,8 @@ fn task(name: &str, n: usize, priority: Option<Priority>) -> WireTask {
         eta: None,
         callback: None,
         reply: Default::default(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 

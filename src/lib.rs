@@ -43,5 +43,6 @@ pub mod protocol;
 pub mod runners;
 pub mod schedule;
 pub mod subworker;
+pub mod telemetry;
 pub mod throttle;
 pub mod transport;

@@ -72,6 +72,8 @@ pub fn task(i: usize) -> WireTask {
         eta: None,
         callback: None,
         reply: Default::default(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 

@@ -947,8 +947,35 @@ class ResultNotSerializable(Exception):
     pass
 
 
+TRACE_VARS = ("TRACEPARENT", "TRACESTATE")
+
+
+def trace_context(request):
+    """Puts the attempt's W3C trace context in os.environ (TRACEPARENT,
+    TRACESTATE) for the call, as a one-shot process has it from birth: a task
+    opens child spans from it (e.g. OpenTelemetry's env propagator). Returns
+    what to put back afterwards."""
+    before = {name: os.environ.get(name) for name in TRACE_VARS}
+    for name, key in zip(TRACE_VARS, ("traceparent", "tracestate")):
+        value = request.get(key) if isinstance(request, dict) else None
+        if isinstance(value, str) and value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
+    return before
+
+
+def restore_trace_context(before):
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def run_one(target, request):
     """Calls the task; returns ("ok", json_text) or ("error", error_dict)."""
+    before = trace_context(request)
     try:
         result = target.call(request)
     except TaskLoadError as exc:
@@ -960,6 +987,7 @@ def run_one(target, request):
     except BaseException as exc:  # noqa: B036 - SystemExit in a task is a task error
         return "error", error_object(exc)
     finally:
+        restore_trace_context(before)
         sys.stdout.flush()
         sys.stderr.flush()
     try:

@@ -11,6 +11,14 @@ use crate::client::{Client, ClientError};
 use crate::manifest::Priority;
 use serde_json::{Map, Value};
 
+/// The trace a submit continues: `TRACEPARENT` from the CLI's environment
+/// (a traced script that runs `fastworker submit`); none starts a trace.
+pub fn env_traceparent() -> Option<String> {
+    std::env::var("TRACEPARENT")
+        .ok()
+        .filter(|t| crate::protocol::trace::parse_traceparent(t).is_some())
+}
+
 /// One positional argument: JSON where it is valid JSON, otherwise a string.
 pub fn parse_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))

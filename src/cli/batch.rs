@@ -146,6 +146,8 @@ fn read(file: &Path, priority: Option<Priority>) -> Result<Vec<WireTask>, String
             eta,
             callback: None,
             reply: Default::default(),
+            traceparent: super::args::env_traceparent(),
+            tracestate: std::env::var("TRACESTATE").ok(),
         });
     }
     if tasks.is_empty() {

@@ -48,8 +48,20 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Log lines as text for people, or one JSON object a line for log
+    /// shippers (its fields: task_id, name, attempt, worker, …)
+    #[arg(long, global = true, env = "FASTWORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,7 +107,7 @@ pub fn main() -> ExitCode {
     ) {
         quiet_on_broken_pipe();
     }
-    if let Err(e) = init_tracing(cli.log_level.as_deref()) {
+    if let Err(e) = init_tracing(cli.log_level.as_deref(), cli.log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(error::EXIT_UNUSABLE);
     }
@@ -181,7 +193,7 @@ fn quiet_on_broken_pipe() {
 /// Sets up logging from `--log-level` (or `RUST_LOG`). FastWorker's level
 /// names work in any case (`WARNING` is `warn`, `CRITICAL` is `error`); a
 /// filter that cannot be parsed is an error, not silence.
-fn init_tracing(level: Option<&str>) -> Result<(), String> {
+fn init_tracing(level: Option<&str>, format: LogFormat) -> Result<(), String> {
     let (given, from) = match level {
         Some(l) => (l.to_owned(), "--log-level"),
         None => match std::env::var("RUST_LOG") {
@@ -189,12 +201,36 @@ fn init_tracing(level: Option<&str>) -> Result<(), String> {
             Err(_) => ("warn".to_owned(), "the default"),
         },
     };
-    let filter = log_filter(&given).map_err(|e| format!("{from} {given:?}: {e}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    let mut filter = log_filter(&given).map_err(|e| format!("{from} {given:?}: {e}"))?;
+    // The OpenTelemetry SDK's own complaints (an export that failed, per
+    // batch) are summed up by `telemetry` instead, unless asked for.
+    if !given.contains("opentelemetry") {
+        for quiet in [
+            "opentelemetry=off",
+            "opentelemetry_sdk=off",
+            "opentelemetry_otlp=off",
+            "opentelemetry_http=off",
+        ] {
+            if let Ok(d) = quiet.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     Ok(())
 }
 

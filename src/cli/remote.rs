@@ -61,6 +61,8 @@ fn task(args: &SubmitArgs) -> Result<WireTask, CliError> {
         eta,
         callback: None,
         reply: Default::default(),
+        traceparent: super::args::env_traceparent(),
+        tracestate: std::env::var("TRACESTATE").ok(),
     })
 }
 
@@ -163,6 +165,9 @@ pub async fn status(args: TaskIdArgs) -> CliResult {
         return Ok(());
     }
     println!("{}  {}  {}", task.task_id, task.name, task.status.as_str());
+    if let Some(trace) = &task.trace {
+        println!("  trace {}", trace.trace_id);
+    }
     if task.status == Status::Success {
         println!("  result: {}", task.result);
     }

@@ -67,6 +67,14 @@ pub struct ControlPlaneArgs {
     /// plane's manifest (by default such a task is not given to them)
     #[arg(long)]
     pub allow_definition_mismatch: bool,
+    /// Export each task's trace and the metrics over OpenTelemetry (OTLP,
+    /// HTTP/protobuf; the standard OTEL_* variables apply)
+    #[arg(long, env = "FASTWORKER_TELEMETRY_ENABLED", value_parser = BoolishValueParser::new())]
+    pub telemetry: bool,
+    /// Where to export (a base URL: /v1/traces and /v1/metrics are added)
+    /// [default: OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318]
+    #[arg(long, value_name = "URL", requires = "telemetry")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub gui: GuiArgs,
     /// Run no tasks here: only hand them to subworkers (a pure coordinator)
@@ -472,9 +480,30 @@ pub async fn control_plane(sources: &super::Sources, args: ControlPlaneArgs) -> 
         nix::libc::SIGXFSZ,
     ));
     let shutdown = CancellationToken::new();
+    let records = args.telemetry.then(crate::telemetry::records);
+    config.records = records.as_ref().map(|(sink, _)| sink.clone());
     let running = control_plane::start(config.clone(), Arc::clone(&manifest), shutdown.clone())
         .await
         .map_err(|e| CliError::Unusable(format!("cannot start the control plane: {e}")))?;
+    let telemetry = match records {
+        Some((sink, rx)) => {
+            let cfg = crate::telemetry::TelemetryConfig {
+                endpoint: args.otlp_endpoint.clone(),
+                metrics_every: None,
+            };
+            match crate::telemetry::start(&cfg, &running, rx, sink) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    shutdown.cancel();
+                    running.wait().await;
+                    return Err(CliError::Unusable(format!(
+                        "cannot start the control plane: {e}"
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
     let gui = match gui_config {
         Some(gui_config) => match crate::gui::start(gui_config, &running).await {
             Ok(gui) => Some(gui),
@@ -528,6 +557,9 @@ pub async fn control_plane(sources: &super::Sources, args: ControlPlaneArgs) -> 
     running.wait().await;
     if let Some(gui) = gui {
         gui.stop().await;
+    }
+    if let Some(telemetry) = telemetry {
+        telemetry.stop().await;
     }
     eprintln!("fastworker control plane stopped");
     Ok(())

@@ -510,3 +510,50 @@ mod tests {
         assert_eq!(events.counters().cache_evictions, 10);
     }
 }
+
+/// Where finished tasks' whole records go, for a listener that needs more
+/// than the events carry (telemetry builds a task's trace from its
+/// record). Bounded: the core never waits; what does not fit is dropped
+/// and counted.
+#[derive(Debug, Clone)]
+pub struct RecordSink {
+    tx: tokio::sync::mpsc::Sender<Arc<crate::protocol::TaskRecord>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RecordSink {
+    /// A sink holding up to `capacity` records, and its receiving end.
+    pub fn channel(
+        capacity: usize,
+    ) -> (
+        RecordSink,
+        tokio::sync::mpsc::Receiver<Arc<crate::protocol::TaskRecord>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (
+            RecordSink {
+                tx,
+                dropped: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    pub fn send(&self, record: &crate::protocol::TaskRecord) {
+        if self.tx.try_send(Arc::new(record.clone())).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Records dropped because the listener was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The count of dropped records, to read without holding the sink
+    /// (which would keep its channel open).
+    pub fn dropped_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.dropped)
+    }
+}

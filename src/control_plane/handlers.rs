@@ -295,6 +295,10 @@ pub fn new_task(task: WireTask, callbacks: &CallbackPolicy) -> Result<NewTask, S
         eta,
         callback: task.callback,
         retry_of: None,
+        trace: Some(crate::protocol::TraceContext::new(
+            task.traceparent.as_deref(),
+            task.tracestate.as_deref(),
+        )),
         waiter: None,
     })
 }

@@ -76,6 +76,8 @@ pub struct Config {
     /// Give subworkers the tasks they define differently from this control
     /// plane (`--allow-definition-mismatch`); by default they are not.
     pub allow_definition_mismatch: bool,
+    /// Where finished tasks' records go (telemetry), if anywhere.
+    pub records: Option<events::RecordSink>,
 }
 
 impl Config {
@@ -103,6 +105,7 @@ impl Config {
             data_dir: None,
             events_buffer: events::BUFFER,
             allow_definition_mismatch: false,
+            records: None,
         }
     }
 }
@@ -244,6 +247,7 @@ pub async fn start(
             shutdown_grace: config.shutdown_grace,
             callbacks: config.callbacks.clone(),
             allow_definition_mismatch: config.allow_definition_mismatch,
+            records: config.records.clone(),
         },
         ResultCache::new(
             config.result_cache_size,

@@ -40,6 +40,9 @@ pub async fn run(
         ("FASTWORKER_MODE", "oneshot"),
     ];
     extra_env.extend(owner.map(|owner| (process::OWNER_VAR, owner)));
+    // The attempt's trace context, for the task's own spans (W3C names).
+    extra_env.extend(request.traceparent.as_deref().map(|t| ("TRACEPARENT", t)));
+    extra_env.extend(request.tracestate.as_deref().map(|t| ("TRACESTATE", t)));
     let mut prepared = match cgroups
         .map(|c| Prepared::new(c, &spec.limits, false))
         .transpose()

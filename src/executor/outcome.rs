@@ -65,6 +65,12 @@ pub struct TaskRequest {
     pub kwargs: Map<String, Value>,
     /// 1 for the first run, 2 for the first retry, and so on.
     pub attempt: u32,
+    /// The attempt's W3C trace context, for the task's own spans (also in
+    /// the process's environment as `TRACEPARENT`, `TRACESTATE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl TaskRequest {
@@ -76,6 +82,8 @@ impl TaskRequest {
             args,
             kwargs,
             attempt: 1,
+            traceparent: None,
+            tracestate: None,
         }
     }
 }

@@ -129,6 +129,9 @@ pub fn spawn(
     for secret in SECRET_VARS {
         cmd.env_remove(secret);
     }
+    // A task's trace context is its attempt's (set below for a one-shot
+    // run, per request in a pool), never the control plane's own.
+    cmd.env_remove("TRACEPARENT").env_remove("TRACESTATE");
     cmd.envs(&spec.env);
     cmd.envs(
         extra_env

@@ -129,6 +129,8 @@ pub async fn submit(State(app): State<App>, bytes: Result<Bytes, BytesRejection>
         eta,
         callback: None,
         reply: ReplyMode::Ack,
+        traceparent: None,
+        tracestate: None,
     };
     let task_id = task.id.clone();
     let new = match crate::control_plane::handlers::new_task(task, &app.sockets.callbacks) {
@@ -217,6 +219,7 @@ async fn retry_one(app: &App, task_id: String) -> Done {
         eta: None,
         callback: None,
         retry_of: Some(task_id.clone()),
+        trace: None,
         waiter: None,
     };
     match app.core.submit(vec![new]).await {

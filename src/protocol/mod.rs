@@ -18,12 +18,14 @@ use crate::manifest::Priority;
 mod manage;
 pub mod pickle;
 mod record;
+pub mod trace;
 
 pub use self::manage::{
     Applied, Hello, Lease, Manage, POLL_HOLD_MS, Poll, PollReply, Registered, Registration,
     Release, TaskOffer, WorkResult,
 };
 pub use self::record::{Attempt, CutShort, Status, TaskRecord};
+pub use self::trace::TraceContext;
 
 /// The largest message a control plane reads by default
 /// (`--max-message-size`): results are capped at 16 MiB by default, and a
@@ -197,6 +199,12 @@ pub struct WireTask {
     /// fastworker extension.
     #[serde(default, skip_serializing_if = "is_default")]
     pub reply: ReplyMode,
+    /// fastworker extension: the client's W3C trace context (the task's
+    /// span becomes a child of it). FastWorker's client sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// The longest task id accepted.
@@ -625,6 +633,8 @@ mod tests {
             eta: None,
             callback: None,
             reply: ReplyMode::Ack,
+            traceparent: None,
+            tracestate: None,
         };
         let sent = Submit::decode(&encode_authed(&task, Some("secret"))).expect("submit");
         assert_eq!(sent.auth.as_deref(), Some("secret"));

@@ -86,6 +86,9 @@ pub struct TaskRecord {
     /// GUI or its API is a new task linked to the old one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<String>,
+    /// fastworker extension: its place in a distributed trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<super::TraceContext>,
 }
 
 impl TaskRecord {
@@ -144,6 +147,7 @@ impl TaskRecord {
             callback: None,
             callback_sent: None,
             retry_of: None,
+            trace: None,
             worker: None,
             lease: None,
         }

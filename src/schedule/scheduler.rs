@@ -367,6 +367,7 @@ impl Scheduler {
             eta: None,
             callback: None,
             retry_of: None,
+            trace: None,
             waiter: None,
         };
         self.publish();

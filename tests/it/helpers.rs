@@ -295,6 +295,8 @@ pub fn wire_task(name: &str, args: Vec<Value>) -> fastworker::protocol::WireTask
         eta: None,
         callback: None,
         reply: Default::default(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 

@@ -22,3 +22,4 @@ mod python_runner;
 mod resource_limits;
 mod security;
 mod subworkers;
+mod telemetry;

@@ -50,6 +50,14 @@ TASK_SIGNATURE = (
 )
 
 MODULES = {
+    # Reads the attempt's trace context, as a task that opens child spans does.
+    "traced.py": '''
+        import os
+
+
+        def context():
+            return [os.environ.get("TRACEPARENT"), os.environ.get("TRACESTATE")]
+    ''',
     # Every form of the decorator.
     "forms.py": '''
         """Every way FastWorker 0.3.0's @task is written."""
@@ -989,3 +997,26 @@ class RealFastWorkerTest(RunnerTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TraceContextTest(RunnerTestCase):
+    """The attempt's W3C trace context reaches the task: in os.environ for
+    the call, in pool mode per request (a pool process serves many tasks)."""
+
+    def test_each_request_sees_its_own_traceparent(self):
+        first = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        second = "00-11111111111111111111111111111111-2222222222222222-01"
+        requests = [
+            {"id": 1, "task_id": "a", "name": "context", "args": [], "kwargs": {}, "attempt": 1,
+             "traceparent": first, "tracestate": "k=v"},
+            {"id": 2, "task_id": "b", "name": "context", "args": [], "kwargs": {}, "attempt": 1,
+             "traceparent": second},
+            {"id": 3, "task_id": "c", "name": "context", "args": [], "kwargs": {}, "attempt": 1},
+        ]
+        stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
+        done = self.runner(
+            "--mode", "pool", "--function", "traced:context", "--root", str(self.root), stdin=stdin
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        replies = [json.loads(line)["ok"] for line in done.stdout.decode().splitlines()]
+        self.assertEqual(replies, [[first, "k=v"], [second, None], [None, None]])

@@ -137,6 +137,10 @@ impl Core {
             eta: task.eta,
             callback: task.callback,
             retry_of: task.retry_of,
+            trace: Some(
+                task.trace
+                    .unwrap_or_else(|| crate::protocol::TraceContext::new(None, None)),
+            ),
             ..TaskRecord::new(task.task_id.clone(), task.name.clone(), priority, status)
         };
         tracing::debug!(task_id = %task.task_id, name = %task.name, %priority, status = status.as_str(), "task accepted");

@@ -75,6 +75,8 @@ pub struct NewTask {
     pub callback: Option<Value>,
     /// The task this one retries.
     pub retry_of: Option<String>,
+    /// Its trace context (none: it starts a trace).
+    pub trace: Option<crate::protocol::TraceContext>,
     /// Gets the final record (blocking submits).
     pub waiter: Option<oneshot::Sender<TaskRecord>>,
 }
@@ -208,6 +210,8 @@ pub struct Settings {
     /// Give subworkers the tasks they define differently from the control
     /// plane (see [`Workers`]).
     pub allow_definition_mismatch: bool,
+    /// Where finished records go (telemetry), if anywhere.
+    pub records: Option<super::events::RecordSink>,
 }
 
 pub struct Core {

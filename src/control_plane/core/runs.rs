@@ -127,7 +127,7 @@ impl Core {
         let Some(request) = self.begin_attempt(task_id, phase) else {
             return;
         };
-        tracing::debug!(%task_id, %worker, %lease, "task leased to a subworker");
+        tracing::debug!(%task_id, attempt = request.attempt, %worker, %lease, "task leased to a subworker");
         self.workers
             .assign(worker, task_id, Lease { lease, request });
     }
@@ -164,6 +164,17 @@ impl Core {
         active.record.lease = None;
         let run_ms = execution.duration.as_secs_f64() * 1e3;
         let (attempt, outcome) = (execution.attempt, execution.outcome.clone());
+        tracing::debug!(
+            %task_id,
+            name = %active.record.name,
+            attempt,
+            worker = worker.unwrap_or(&self.settings.worker_id),
+            pid = execution.pid,
+            outcome = outcome.status(),
+            run_ms,
+            trace_id = active.record.trace.as_ref().map(|t| t.trace_id.as_str()),
+            "attempt ended"
+        );
         active.record.attempts.push(Attempt::Ran {
             execution,
             worker: worker.map(str::to_owned),
@@ -282,6 +293,9 @@ impl Core {
             self.tasks.finished(&record, active.record.status);
         }
         self.send_callback(&record);
+        if let Some(sink) = &self.settings.records {
+            sink.send(&record);
+        }
         let evicted = self.results.insert(record, bytes);
         self.forget(evicted, Forget::Evicted);
     }
@@ -289,11 +303,17 @@ impl Core {
 
 /// What a task's next attempt gets.
 pub(super) fn request_for(record: &TaskRecord) -> TaskRequest {
+    let attempt = record.next_attempt();
     TaskRequest {
         task_id: record.task_id.clone(),
         name: record.name.clone(),
         args: record.args.clone(),
         kwargs: record.kwargs.clone(),
-        attempt: record.next_attempt(),
+        attempt,
+        traceparent: record
+            .trace
+            .as_ref()
+            .map(|t| t.traceparent_for_attempt(attempt)),
+        tracestate: record.trace.as_ref().and_then(|t| t.tracestate.clone()),
     }
 }

@@ -59,6 +59,7 @@ impl Harness {
                 shutdown_grace: Duration::from_secs(1),
                 callbacks: Default::default(),
                 allow_definition_mismatch: false,
+                records: None,
             },
             ResultCache::new(
                 NonZeroUsize::MIN.saturating_add(99),
@@ -97,6 +98,7 @@ impl Harness {
             eta: None,
             callback: None,
             retry_of: None,
+            trace: None,
             waiter: None,
         };
         let accepted = self
