@@ -308,3 +308,91 @@ async fn a_task_on_a_subworker_with_a_retry_is_one_trace() {
     );
     server.abort();
 }
+
+/// A collector that is down is reported once, not per task or per batch,
+/// and tasks run as ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_is_down_is_reported_once() {
+    let fx =
+        Fixture::new("[tasks.eight]\ncommand = [\"sh\", \"-c\", \"cat >/dev/null; echo 8\"]\n");
+    let port = 20_000 + rand_u16() % 40_000;
+    let base = format!("tcp://127.0.0.1:{port}");
+    // A port nothing listens on (bound, then closed).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let argv: Vec<String> = [
+        "env",
+        "OTEL_METRIC_EXPORT_INTERVAL=300",
+        BIN,
+        "control-plane",
+        "--base-address",
+        &base,
+        "--discovery-address",
+        &format!("ipc://{}", fx.path("disc").display()),
+        "--manifest",
+        &fx.manifest_path().display().to_string(),
+        "--no-journal",
+        "--no-gui",
+        "--telemetry",
+        "--otlp-endpoint",
+        &endpoint,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let (cp, ready) = spawn_logged(&argv, &["ready"], &["cannot start"]).await;
+    ready.expect("ready");
+    let client = fastworker::client::Client::new(&base, Duration::from_secs(10)).expect("client");
+    for i in 0..20 {
+        let r = client
+            .submit(
+                crate::helpers::wire_task("eight", vec![]),
+                None,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("submit");
+        assert_eq!(r.result, serde_json::json!(8), "task {i}");
+    }
+    // Several batches of spans and of metrics fail meanwhile.
+    assert!(
+        wait_for(Duration::from_secs(20), || cp
+            .stderr()
+            .contains("cannot export traces")
+            && cp.stderr().contains("cannot export metrics"))
+        .await,
+        "{}",
+        cp.stderr()
+    );
+    // More spans, then a stop: its flush exports them, and the metrics, once
+    // more, and fails again.
+    for _ in 0..20 {
+        client
+            .submit(
+                crate::helpers::wire_task("eight", vec![]),
+                None,
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("submit");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cp.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let mut cp = cp;
+    let ended = tokio::time::timeout(Duration::from_secs(30), cp.child.wait()).await;
+    assert!(matches!(ended, Ok(Ok(s)) if s.success()), "{ended:?}");
+    assert!(
+        wait_for(Duration::from_secs(5), || cp
+            .stderr()
+            .contains("control plane stopped"))
+        .await,
+        "{}",
+        cp.stderr()
+    );
+    let log = cp.stderr();
+    assert_eq!(log.matches("cannot export traces").count(), 1, "{log}");
+    assert_eq!(log.matches("cannot export metrics").count(), 1, "{log}");
+}
