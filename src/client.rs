@@ -127,6 +127,18 @@ impl Client {
         self.ask(&self.endpoints.query, &query, self.timeout).await
     }
 
+    /// Has the control plane load its manifest again: what changed, or why
+    /// nothing did. Waits as long as the load takes (Python imports).
+    pub async fn reload(&self) -> Result<crate::protocol::ReloadReply, ClientError> {
+        let query = serde_json::json!({"action": "reload"});
+        self.ask(
+            &self.endpoints.query,
+            &query,
+            self.timeout.max(Duration::from_secs(120)),
+        )
+        .await
+    }
+
     /// The scheduled tasks and what they did.
     pub async fn schedules(&self) -> Result<crate::protocol::ScheduleList, ClientError> {
         let query = serde_json::json!({"action": "schedules"});

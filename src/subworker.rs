@@ -140,6 +140,7 @@ struct Subworker {
 pub async fn run(
     config: Config,
     manifest: Arc<Manifest>,
+    reloads: mpsc::Receiver<Arc<Manifest>>,
     shutdown: CancellationToken,
     force: CancellationToken,
     on_registered: impl Fn(&str, &Registered),
@@ -155,20 +156,7 @@ pub async fn run(
             "killed the process groups of tasks left running by an earlier run of this subworker"
         );
     }
-    let offers = manifest
-        .tasks
-        .iter()
-        .map(|(name, spec)| {
-            let offer = TaskOffer {
-                digest: spec.digest(&manifest.dir),
-                priority: spec.priority,
-                retries: spec.retries,
-                retry_backoff_ms: u64::try_from(spec.retry_backoff.as_millis()).unwrap_or(u64::MAX),
-                max_concurrency: spec.max_concurrency,
-            };
-            (name.clone(), offer)
-        })
-        .collect();
+    let offers = offers_of(&manifest);
     let link = Link {
         client: client.with_auth(config.worker_token.clone().or(config.auth.clone())),
         manage,
@@ -191,8 +179,27 @@ pub async fn run(
         events,
     };
     subworker
-        .serve(received, shutdown, force, on_registered)
+        .serve(received, reloads, shutdown, force, on_registered)
         .await
+}
+
+/// What a subworker offers: each task it defines, with its digest and
+/// scheduling policy.
+fn offers_of(manifest: &Manifest) -> BTreeMap<String, TaskOffer> {
+    manifest
+        .tasks
+        .iter()
+        .map(|(name, spec)| {
+            let offer = TaskOffer {
+                digest: spec.digest(&manifest.dir),
+                priority: spec.priority,
+                retries: spec.retries,
+                retry_backoff_ms: u64::try_from(spec.retry_backoff.as_millis()).unwrap_or(u64::MAX),
+                max_concurrency: spec.max_concurrency,
+            };
+            (name.clone(), offer)
+        })
+        .collect()
 }
 
 impl Subworker {
@@ -201,6 +208,7 @@ impl Subworker {
     async fn serve(
         mut self,
         mut events: mpsc::UnboundedReceiver<Event>,
+        mut reloads: mpsc::Receiver<Arc<Manifest>>,
         shutdown: CancellationToken,
         force: CancellationToken,
         on_registered: impl Fn(&str, &Registered),
@@ -242,6 +250,7 @@ impl Subworker {
                         self.running.remove(&lease);
                     }
                 },
+                Some(manifest) = reloads.recv() => self.on_reload(manifest),
                 () = shutdown.cancelled(), if !self.draining() => self.on_shutdown(),
                 () = force.cancelled(), if hand_back_at.is_some() => self.set_hand_back(Instant::now()),
                 () = crate::clock::until(hand_back_at) => self.on_hand_back_due(),
@@ -250,6 +259,29 @@ impl Subworker {
                     return Ok(Ended::Unreported(self.running.len()));
                 }
             }
+        }
+    }
+
+    /// A reloaded manifest: its tasks are offered from now on (it registers
+    /// again, with their digests), leases it holds run on; warm pools whose
+    /// definition changed are replaced once their busy processes finish.
+    fn on_reload(&mut self, manifest: Arc<Manifest>) {
+        let replaced = self.executor.retire_pools(|name, running| {
+            manifest
+                .task(name)
+                .is_some_and(|spec| spec.runs_like(running))
+        });
+        let (before, after) = (self.offers.len(), manifest.tasks.len());
+        self.offers = offers_of(&manifest);
+        self.manifest = manifest;
+        tracing::info!(
+            tasks_before = before,
+            tasks = after,
+            pools_replaced = replaced,
+            "manifest reloaded; registering again with its tasks"
+        );
+        if !self.draining() {
+            self.connection = Connection::Unregistered;
         }
     }
 

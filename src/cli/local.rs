@@ -224,67 +224,6 @@ fn schedule_json(s: &crate::schedule::Schedule, now: chrono::DateTime<chrono::Ut
     })
 }
 
-/// The Python runner tasks' `module:function`s, imported with the
-/// interpreter that will run them: problems, one a line.
-fn check_python_functions(manifest: &crate::manifest::Manifest) -> Vec<String> {
-    use std::collections::BTreeMap;
-    // (interpreter, its args, root) → [(task, function)]
-    type Key = (std::path::PathBuf, Vec<String>, std::path::PathBuf);
-    let mut groups: BTreeMap<Key, Vec<(&crate::manifest::TaskSpec, &str)>> = BTreeMap::new();
-    for task in manifest.tasks.values() {
-        let (HowToRun::Runner { function, .. }, Ok(program)) = (&task.how, &task.launch.program)
-        else {
-            continue;
-        };
-        // Only the built-in Python runner: `… -c <runner> … --root DIR`.
-        let args: Vec<String> = task
-            .launch
-            .args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let Some(c) = args.iter().position(|a| a == "-c") else {
-            continue;
-        };
-        if args.get(c + 1).map(String::as_str) != Some(crate::runners::PYTHON_RUNNER) {
-            continue;
-        }
-        let Some(root) = args
-            .iter()
-            .position(|a| a == "--root")
-            .and_then(|i| args.get(i + 1))
-        else {
-            continue;
-        };
-        if matches!(task.origin, crate::manifest::Origin::Module { .. }) {
-            continue; // imported when the modules were read
-        }
-        groups
-            .entry((program.clone(), args[..c].to_vec(), root.into()))
-            .or_default()
-            .push((task, function));
-    }
-    let mut problems = Vec::new();
-    for ((python, args, root), tasks) in groups {
-        let functions: Vec<&str> = tasks.iter().map(|(_, f)| *f).collect();
-        match crate::runners::check_functions(&python, &args, &root, &functions) {
-            Ok(checks) => {
-                for ((task, _), check) in tasks.iter().zip(checks) {
-                    if let (false, Some(error)) = (check.ok, check.error) {
-                        problems.push(format!(
-                            "{}: [tasks.{}] key `function`: {error}",
-                            task.origin.describe(&manifest.path),
-                            task.name
-                        ));
-                    }
-                }
-            }
-            Err(e) => problems.push(format!("cannot check the Python functions: {e}")),
-        }
-    }
-    problems
-}
-
 pub fn check(sources: &super::Sources) -> CliResult {
     let manifest = sources
         .load()
@@ -316,7 +255,7 @@ pub fn check(sources: &super::Sources) -> CliResult {
             }
         }
     }
-    let problems = check_python_functions(&manifest);
+    let problems = manifest.import_problems();
     if !problems.is_empty() {
         return Err(CliError::Failed(problems.join("\n")));
     }

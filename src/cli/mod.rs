@@ -16,6 +16,7 @@ mod error;
 mod journal;
 mod local;
 mod output;
+mod reload;
 mod remote;
 mod serve;
 
@@ -74,6 +75,9 @@ pub enum Command {
     Subworker(serve::SubworkerArgs),
     /// Show a control plane's workers: itself and its subworkers
     Workers(WorkersArgs),
+    /// Have a running control plane load its manifest again (as SIGHUP does):
+    /// prints what changed, or every problem (then nothing changed; exit 1)
+    Reload(WorkersArgs),
     /// List a running control plane's scheduled tasks: each one's rule, next
     /// fire, last run and its outcome, skipped and missed fires
     Schedules(WorkersArgs),
@@ -103,6 +107,7 @@ pub fn main() -> ExitCode {
             | Command::Cancel(_)
             | Command::Workers(_)
             | Command::Schedules(_)
+            | Command::Reload(_)
             | Command::Journal(_)
     ) {
         quiet_on_broken_pipe();
@@ -165,6 +170,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Subworker(args) => serve::subworker(manifest, args).await,
         Command::Workers(args) => remote::workers(&args).await,
         Command::Schedules(args) => remote::schedules(&args).await,
+        Command::Reload(args) => remote::reload(&args).await,
         Command::Submit(args) => match &args.batch {
             Some(file) => batch::submit_batch(&args, file).await,
             None => remote::submit(args).await,

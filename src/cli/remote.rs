@@ -247,6 +247,36 @@ pub async fn list(args: &ListArgs) -> CliResult {
 }
 
 /// `fastworker workers`: the control plane's own slots and each subworker.
+pub async fn reload(args: &WorkersArgs) -> CliResult {
+    let client = connect(&args.connect).await?;
+    let reply = client
+        .reload()
+        .await
+        .map_err(|e| CliError::unreachable(&e, &args.connect))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reply).unwrap_or_default());
+    } else if let Some(report) = reply
+        .report
+        .as_ref()
+        .and_then(|r| serde_json::from_value::<crate::control_plane::ReloadReport>(r.clone()).ok())
+    {
+        println!("reloaded: {}", super::reload::describe(&report));
+    }
+    if reply.reloaded {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "reload refused, the manifest stays as it was:\n{}",
+            reply
+                .errors
+                .iter()
+                .map(|e| format!("  {}", shown(e)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )))
+    }
+}
+
 pub async fn schedules(args: &WorkersArgs) -> CliResult {
     let client = connect(&args.connect).await?;
     let list = client

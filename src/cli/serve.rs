@@ -67,6 +67,10 @@ pub struct ControlPlaneArgs {
     /// plane's manifest (by default such a task is not given to them)
     #[arg(long)]
     pub allow_definition_mismatch: bool,
+    /// Reload the manifest when its file (or a task module's) changes; SIGHUP
+    /// and `fastworker reload` always reload it
+    #[arg(long, env = "FASTWORKER_WATCH", value_parser = BoolishValueParser::new())]
+    pub watch: bool,
     /// Export each task's trace and the metrics over OpenTelemetry (OTLP,
     /// HTTP/protobuf; the standard OTEL_* variables apply)
     #[arg(long, env = "FASTWORKER_TELEMETRY_ENABLED", value_parser = BoolishValueParser::new())]
@@ -235,6 +239,10 @@ pub struct SubworkerArgs {
     /// After SIGINT/SIGTERM, how long running tasks may take before they are handed back
     #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Reload the manifest when its file (or a task module's) changes;
+    /// SIGHUP always reloads it
+    #[arg(long, env = "FASTWORKER_WATCH", value_parser = BoolishValueParser::new())]
+    pub watch: bool,
     #[command(flatten)]
     pub token: TokenArgs,
     #[command(flatten)]
@@ -277,7 +285,40 @@ pub async fn subworker(sources: &super::Sources, args: SubworkerArgs) -> CliResu
     let from = sources.describe(&manifest);
     let concurrency = config.concurrency;
     let first = std::sync::atomic::AtomicBool::new(true);
-    let ended = crate::subworker::run(config, Arc::clone(&manifest), shutdown, force, |manage, reply| {
+    // SIGHUP (and --watch) reload the manifest; a bad one changes nothing.
+    let (reload_tx, reloads) = tokio::sync::mpsc::channel(2);
+    let (mut triggers, refresh) = super::reload::triggers(&manifest, args.watch);
+    let loading = sources.clone();
+    tokio::spawn(async move {
+        while triggers.recv().await.is_some() {
+            let sources = loading.clone();
+            match tokio::task::spawn_blocking(move || super::reload::load_checked(&sources)).await {
+                Ok(Ok(manifest)) => {
+                    let manifest = Arc::new(manifest);
+                    eprintln!(
+                        "fastworker subworker: manifest reloaded: {} tasks",
+                        manifest.tasks.len()
+                    );
+                    if let Some(refresh) = &refresh {
+                        let _ = refresh.send(Arc::clone(&manifest)).await;
+                    }
+                    if reload_tx.send(manifest).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(problems)) => {
+                    eprintln!(
+                        "fastworker subworker: reload refused, the manifest stays as it was:"
+                    );
+                    for problem in problems {
+                        eprintln!("  {problem}");
+                    }
+                }
+                Err(e) => eprintln!("fastworker subworker: the reload failed: {e}"),
+            }
+        }
+    });
+    let ended = crate::subworker::run(config, Arc::clone(&manifest), reloads, shutdown, force, |manage, reply| {
         let again = !first.swap(false, std::sync::atomic::Ordering::Relaxed);
         eprintln!(
             "fastworker subworker '{}' {}: registered on {manage}; {tasks} tasks from {from}, concurrency {concurrency}",
@@ -480,6 +521,7 @@ pub async fn control_plane(sources: &super::Sources, args: ControlPlaneArgs) -> 
         nix::libc::SIGXFSZ,
     ));
     let shutdown = CancellationToken::new();
+    config.load = Some(super::reload::loader(sources));
     let records = args.telemetry.then(crate::telemetry::records);
     config.records = records.as_ref().map(|(sink, _)| sink.clone());
     let running = control_plane::start(config.clone(), Arc::clone(&manifest), shutdown.clone())
@@ -537,6 +579,46 @@ pub async fn control_plane(sources: &super::Sources, args: ControlPlaneArgs) -> 
         Some(dir) => format!("journal in {}", dir.join(crate::journal::FILE).display()),
         None => "no journal (--no-journal: a crash loses every task)".to_owned(),
     };
+    // Reloads are taken (SIGHUP included) before it says it is ready.
+    if let Some(reloader) = running.reloader.clone() {
+        let (mut triggers, refresh) = super::reload::triggers(&manifest, args.watch);
+        // Every reload is reported here, whatever asked for it.
+        let mut outcomes = reloader.outcomes();
+        let cell = running.sockets.manifest.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match outcomes.recv().await {
+                    Ok(outcome) => match &*outcome {
+                        Ok(report) => {
+                            eprintln!(
+                                "fastworker control plane: manifest reloaded: {}",
+                                super::reload::describe(report)
+                            );
+                            if let Some(refresh) = &refresh {
+                                let _ = refresh.send(cell.get()).await;
+                            }
+                        }
+                        Err(problems) => {
+                            eprintln!(
+                                "fastworker control plane: reload refused, the manifest stays as it was:"
+                            );
+                            for problem in problems {
+                                eprintln!("  {problem}");
+                            }
+                        }
+                    },
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while triggers.recv().await.is_some() {
+                let _ = reloader.reload().await;
+            }
+        });
+    }
     eprintln!(
         "fastworker control plane '{}' ready: submits on {} … {}, queries on {}, announced on {}; {} tasks from {}, concurrency {}; {journal}; {gui_line}",
         config.worker_id,

@@ -42,6 +42,8 @@ pub enum Event {
         task_ids: Vec<String>,
         reason: Forget,
     },
+    /// A new manifest was applied.
+    Reloaded(Box<super::core::ReloadReport>),
 }
 
 /// Why finished tasks' records were dropped.
@@ -333,6 +335,7 @@ impl Counters {
         match event {
             Event::Task(task) => self.task(task),
             Event::Worker(worker) => self.worker(worker),
+            Event::Reloaded(_) => {}
             Event::Forgotten { task_ids, reason } => {
                 let n = task_ids.len() as u64;
                 match reason {

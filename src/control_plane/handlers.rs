@@ -9,7 +9,6 @@ use super::core::{Acceptance, Command, NewTask};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::{Access, Need};
-use crate::manifest::Manifest;
 use crate::protocol::Authed;
 use crate::protocol::{
     self, Ack, Applied, BatchReply, CancelReply, ErrorReply, Manage, Query, Registered, ReplyMode,
@@ -149,6 +148,11 @@ impl CoreHandle {
     /// The queues, with the first `next` tasks of each.
     pub async fn queues(&self, next: usize) -> Option<super::core::Queues> {
         self.ask(|respond| Command::Queues { next, respond }).await
+    }
+
+    /// Sends a command; false if the core has stopped.
+    pub async fn send(&self, command: Command) -> bool {
+        self.tx.send(command).await.is_ok()
     }
 
     /// Deletes a finished task's record (answered once that is on disk).
@@ -327,16 +331,19 @@ pub struct Context {
     pub gate: Gate,
     /// Where submits may ask for callbacks to go.
     pub callbacks: CallbackPolicy,
-    /// What the query socket says about the control plane itself.
-    pub manifest: Arc<Manifest>,
+    /// What the query socket says about the control plane itself (the
+    /// manifest as last loaded).
+    pub manifest: super::reload::ManifestCell,
     pub info: protocol::Info,
     /// The scheduled tasks, as the scheduler keeps them.
     pub schedules: crate::schedule::scheduler::Schedules,
+    /// Reloads the manifest (`{"action": "reload"}`).
+    pub reloader: Option<Arc<super::reload::Reloader>>,
 }
 
 /// The query socket: results, status, cancel, the task list, the workers.
 pub async fn query(cx: Arc<Context>, request: Request) -> Vec<u8> {
-    let (core, manifest) = (&cx.core, &cx.manifest);
+    let (core, manifest) = (&cx.core, &cx.manifest.get());
     if protocol::pickle::is_pickle(request.bytes()) {
         return pickle_refusal(request.bytes());
     }
@@ -344,6 +351,25 @@ pub async fn query(cx: Arc<Context>, request: Request) -> Vec<u8> {
     drop(request);
     match cx.gate.admit(decoded, Need::Client, "query") {
         Ok(Query::Info) => protocol::encode(&cx.info),
+        Ok(Query::Reload) => protocol::encode(&match &cx.reloader {
+            Some(reloader) => match reloader.reload().await {
+                Ok(report) => protocol::ReloadReply {
+                    reloaded: true,
+                    report: Some(serde_json::to_value(report).unwrap_or_default()),
+                    errors: Vec::new(),
+                },
+                Err(errors) => protocol::ReloadReply {
+                    reloaded: false,
+                    report: None,
+                    errors,
+                },
+            },
+            None => protocol::ReloadReply {
+                reloaded: false,
+                report: None,
+                errors: vec!["this control plane cannot reload its manifest (it was started without one to load again)".to_owned()],
+            },
+        }),
         Ok(Query::Schedules) => {
             let mut schedules = Vec::new();
             for row in cx.schedules.rows() {

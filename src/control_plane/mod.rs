@@ -12,6 +12,7 @@ mod core;
 pub mod events;
 pub mod handlers;
 mod queue;
+pub mod reload;
 mod results;
 mod workers;
 
@@ -25,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::callbacks::CallbackPolicy;
 pub use self::core::{
-    Acceptance, Command, Due, Lane, NewTask, Queued, Queues, Refused, Stats, Timed, Visit,
+    Acceptance, Command, Due, Lane, NewTask, Queued, Queues, Refused, ReloadReport, Stats, Timed,
+    Visit,
 };
 pub use self::handlers::CoreHandle;
 pub use self::queue::{DispatchQueue, Waiting};
@@ -78,6 +80,8 @@ pub struct Config {
     pub allow_definition_mismatch: bool,
     /// Where finished tasks' records go (telemetry), if anywhere.
     pub records: Option<events::RecordSink>,
+    /// How to load the manifest again, for reloads (none: no reload).
+    pub load: Option<reload::Load>,
 }
 
 impl Config {
@@ -106,6 +110,7 @@ impl Config {
             events_buffer: events::BUFFER,
             allow_definition_mismatch: false,
             records: None,
+            load: None,
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct ControlPlane {
     pub journal: Option<crate::journal::Meter>,
     /// The scheduled tasks (see [`crate::schedule`]).
     pub schedules: crate::schedule::scheduler::Schedules,
+    /// Reloads its manifest (none: started without a way to load it).
+    pub reloader: Option<Arc<reload::Reloader>>,
     tasks: JoinSet<()>,
 }
 
@@ -273,30 +280,32 @@ pub async fn start(
     });
     tasks.spawn(announcer);
     tasks.spawn(Arc::clone(&guard).sweep(servers_stop.clone()));
-    // Scheduled tasks fire through the core, until the shutdown.
-    let scheduled: Vec<(String, crate::schedule::Schedule)> = manifest
-        .tasks
-        .values()
-        .filter_map(|t| Some((t.name.clone(), t.schedule.clone()?)))
-        .collect();
-    let schedules = if scheduled.is_empty() {
-        crate::schedule::scheduler::Schedules::default()
-    } else {
-        let scheduler = crate::schedule::scheduler::Scheduler::new(
-            scheduled,
+    // Scheduled tasks fire through the core, until the shutdown; a reload
+    // sends the new manifest's schedules.
+    let (schedule_updates, updates) = mpsc::channel(4);
+    let scheduler = crate::schedule::scheduler::Scheduler::new(
+        reload::schedules_of(&manifest),
+        handle.clone(),
+        config.data_dir.as_ref().map(|d| d.join("schedules.json")),
+        Box::new(chrono::Utc::now),
+    );
+    let schedules = scheduler.schedules();
+    tasks.spawn(scheduler.run(updates, shutdown.clone()));
+    let cell = reload::ManifestCell::new(Arc::clone(&manifest));
+    let reloader = config.load.clone().map(|load| {
+        Arc::new(reload::Reloader::new(
+            load,
             handle.clone(),
-            config.data_dir.as_ref().map(|d| d.join("schedules.json")),
-            Box::new(chrono::Utc::now),
-        );
-        let schedules = scheduler.schedules();
-        tasks.spawn(scheduler.run(shutdown.clone()));
-        schedules
-    };
+            cell.clone(),
+            schedule_updates,
+        ))
+    });
     let cx = Arc::new(handlers::Context {
         core: handle.clone(),
         gate: handlers::Gate::new(config.access.clone()),
         callbacks: config.callbacks.clone(),
-        manifest: Arc::clone(&manifest),
+        manifest: cell,
+        reloader: reloader.clone(),
         info: crate::protocol::Info {
             worker_id: config.worker_id.clone(),
             base_address: config.base_address.clone(),
@@ -342,6 +351,7 @@ pub async fn start(
         started_at: chrono::Utc::now(),
         journal: meter,
         schedules,
+        reloader,
         tasks,
     })
 }

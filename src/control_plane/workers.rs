@@ -77,6 +77,10 @@ struct Worker {
     session: Option<String>,
     address: String,
     capacity: usize,
+    /// The tasks it defines, as it said when it registered.
+    defined: BTreeMap<String, TaskOffer>,
+    /// Those it is given (not those it defines differently from the
+    /// control plane, unless mismatches are allowed).
     offers: BTreeMap<String, TaskOffer>,
     state: State,
     last_seen: Instant,
@@ -101,6 +105,7 @@ impl Worker {
             session,
             address,
             capacity,
+            defined: BTreeMap::new(),
             offers: BTreeMap::new(),
             state: State::Active,
             last_seen: Instant::now(),
@@ -326,7 +331,8 @@ impl Workers {
             .filter(|l| !held.contains(*l))
             .cloned()
             .collect();
-        let mut offers = reg.tasks;
+        let defined = reg.tasks;
+        let mut offers = defined.clone();
         let warnings = self.definition_warnings(&id, &mut offers, ours);
         for warning in &warnings {
             tracing::warn!(worker = %id, "{warning}");
@@ -340,6 +346,7 @@ impl Workers {
             reg.capacity,
         );
         let now = Utc::now();
+        worker.defined = defined;
         worker.offers = offers;
         worker.last_seen_at = Some(now);
         worker.registered_at = registered_at.or(Some(now));
@@ -364,6 +371,26 @@ impl Workers {
             },
             lost,
         )
+    }
+
+    /// The control plane's manifest was reloaded: what each worker is given
+    /// is decided again against it (`ours`, as for [`Workers::register`]).
+    /// Leases already out run on.
+    pub fn recheck(&mut self, ours: impl Fn(&str) -> Option<String>) {
+        let ids: Vec<String> = self.by_id.keys().cloned().collect();
+        for id in ids {
+            let Some(mut offers) = self.by_id.get(&id).map(|w| w.defined.clone()) else {
+                continue;
+            };
+            let warnings = self.definition_warnings(&id, &mut offers, &ours);
+            if let Some(worker) = self.by_id.get_mut(&id) {
+                for warning in warnings.iter().filter(|w| !worker.warnings.contains(w)) {
+                    tracing::warn!(worker = %id, "{warning}");
+                }
+                worker.offers = offers;
+                worker.warnings = warnings;
+            }
+        }
     }
 
     /// Tasks `worker` defines differently from the control plane (`ours`)

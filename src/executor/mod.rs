@@ -68,9 +68,34 @@ impl Executor {
             Mode::Oneshot => {
                 oneshot::run(spec, request, cancel, self.owner.as_deref(), cgroups).await
             }
-            Mode::Pool => self.pool(spec).run(request, cancel).await,
+            Mode::Pool => self.run_pooled(spec, request, cancel).await,
         };
         tracing::debug!(task = %spec.name, task_id = %request.task_id, status = execution.outcome.status(), ms = execution.duration.as_secs_f64() * 1e3, "task ended");
+        execution
+    }
+
+    /// A run on the task's warm pool. A run whose definition is no longer
+    /// the pool's (a reload replaced the pool after the run began, or
+    /// while it waited for a process) runs with the definition it began
+    /// with, on a pool of its own that ends with it.
+    async fn run_pooled(
+        &self,
+        spec: &Arc<TaskSpec>,
+        request: &TaskRequest,
+        cancel: &CancellationToken,
+    ) -> Execution {
+        if let Some(pool) = self.pool_running(spec) {
+            // Err: replaced while it waited.
+            if let Ok(execution) = pool.run(request, cancel).await {
+                return execution;
+            }
+        }
+        tracing::debug!(task = %spec.name, task_id = %request.task_id, "its pool was replaced by a reload: it runs on a pool of its own");
+        let own = self.new_pool(spec);
+        let execution = match own.run(request, cancel).await {
+            Ok(execution) | Err(pool::Replaced(execution)) => execution,
+        };
+        own.shutdown().await;
         execution
     }
 
@@ -95,14 +120,45 @@ impl Executor {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(spec.name.clone())
-            .or_insert_with(|| {
-                Arc::new(
-                    Pool::new(Arc::clone(spec))
-                        .owned_by(self.owner.clone())
-                        .limited_by(Arc::clone(&self.cgroups)),
-                )
-            })
+            .or_insert_with(|| self.new_pool(spec))
             .clone()
+    }
+
+    /// The task's pool, if its processes run `spec` (none: a reload has
+    /// given the task another definition since this run began).
+    fn pool_running(&self, spec: &Arc<TaskSpec>) -> Option<Arc<Pool>> {
+        let pool = self.pool(spec);
+        pool.runs(spec).then_some(pool)
+    }
+
+    fn new_pool(&self, spec: &Arc<TaskSpec>) -> Arc<Pool> {
+        Arc::new(
+            Pool::new(Arc::clone(spec))
+                .owned_by(self.owner.clone())
+                .limited_by(Arc::clone(&self.cgroups)),
+        )
+    }
+
+    /// Replaces the warm pools `keep` says no to (given the task's name and
+    /// the definition its processes run): they are dropped from the map,
+    /// so the next run starts a new pool, and shut down in the background
+    /// (busy processes finish their task first). Returns how many.
+    pub fn retire_pools(&self, keep: impl Fn(&str, &TaskSpec) -> bool) -> usize {
+        let retired: Vec<Arc<Pool>> = {
+            let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            let names: Vec<String> = pools
+                .iter()
+                .filter(|(name, pool)| !keep(name, pool.spec()))
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.iter().filter_map(|n| pools.remove(n)).collect()
+        };
+        let n = retired.len();
+        for pool in retired {
+            tracing::info!(task = %pool.spec().name, "its definition changed: its warm processes are replaced");
+            tokio::spawn(async move { pool.replace().await });
+        }
+        n
     }
 
     /// Stops all warm processes (each gets its stdin closed, then its grace period).

@@ -36,6 +36,10 @@ pub struct Pool {
     idle: Mutex<Vec<PoolProcess>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// Closed because a reload changed the task's definition (not because
+    /// the executor stops): a run still waiting for a process goes on
+    /// elsewhere.
+    replaced: AtomicBool,
     retiring: TaskTracker,
     /// Set as `FASTWORKER_OWNER` on its processes.
     owner: Option<Arc<str>>,
@@ -69,6 +73,12 @@ impl PoolProcess {
     }
 }
 
+/// A run that was waiting for a process of a pool that a reload replaced:
+/// it never started, and runs elsewhere. Holds what to report if there is
+/// nowhere else.
+#[derive(Debug)]
+pub struct Replaced(pub Execution);
+
 /// A request as a pool process receives it: the task request plus an `id`.
 #[derive(serde::Serialize)]
 struct PoolRequest<'a> {
@@ -91,6 +101,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
             retiring: TaskTracker::new(),
             owner: None,
             cgroups: Arc::default(),
@@ -158,24 +169,34 @@ impl Pool {
         env
     }
 
-    /// Runs one request on a warm process, starting one if none is idle.
-    pub async fn run(&self, request: &TaskRequest, cancel: &CancellationToken) -> Execution {
+    /// Runs one request on a warm process, starting one if none is idle;
+    /// [`Replaced`] if the pool was replaced while it waited.
+    pub async fn run(
+        &self,
+        request: &TaskRequest,
+        cancel: &CancellationToken,
+    ) -> Result<Execution, Replaced> {
         let waiting = Started::now();
         let permit = tokio::select! {
             permit = self.slots.acquire() => permit,
             () = cancel.cancelled() => {
-                return waiting.finish(request, Outcome::Cancelled, String::new(), None);
+                return Ok(waiting.finish(request, Outcome::Cancelled, String::new(), None));
             }
         };
         let Ok(_permit) = permit else {
-            return waiting.finish(request, pool_closed(), String::new(), None);
+            let closed = waiting.finish(request, pool_closed(), String::new(), None);
+            return if self.replaced.load(Ordering::Acquire) {
+                Err(Replaced(closed))
+            } else {
+                Ok(closed)
+            };
         };
         let started = Started::now();
         let mut worker = match self.take_idle() {
             Some(worker) => worker,
             None => match self.start().await {
                 Ok(worker) => worker,
-                Err(outcome) => return started.finish(request, outcome, String::new(), None),
+                Err(outcome) => return Ok(started.finish(request, outcome, String::new(), None)),
             },
         };
         if let Some(cpu) = self.spec.limits.cpu_time {
@@ -206,7 +227,14 @@ impl Pool {
         } else {
             self.retire(worker);
         }
-        started.finish(request, served.outcome, stderr, Some(pid))
+        Ok(started.finish(request, served.outcome, stderr, Some(pid)))
+    }
+
+    /// Shuts it down because its definition changed: runs waiting for a
+    /// process are told [`Replaced`].
+    pub async fn replace(&self) {
+        self.replaced.store(true, Ordering::Release);
+        self.shutdown().await;
     }
 
     /// Stops every process: idle ones now, busy ones when their task ends.
@@ -219,6 +247,16 @@ impl Pool {
         self.slots.close();
         self.retiring.close();
         self.retiring.wait().await;
+    }
+
+    /// The definition its processes run.
+    pub fn spec(&self) -> &TaskSpec {
+        &self.spec
+    }
+
+    /// Whether its processes run `spec`.
+    pub fn runs(&self, spec: &Arc<TaskSpec>) -> bool {
+        Arc::ptr_eq(&self.spec, spec) || self.spec.runs_like(spec)
     }
 
     /// How many warm processes are waiting for work.

@@ -433,7 +433,7 @@ pub async fn registered(State(app): State<App>) -> Response {
         return gone();
     };
     let counters = app.events.counters();
-    let manifest = &app.manifest;
+    let manifest = &app.manifest.get();
     let mut names: Vec<String> = manifest.tasks.keys().cloned().collect();
     for w in &workers {
         names.extend(w.tasks.iter().cloned());

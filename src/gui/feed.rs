@@ -208,6 +208,9 @@ pub struct Data<'a> {
     tasks: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     leases_lost: Option<usize>,
+    /// What a reload changed (`manifest.reloaded`).
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    reload: Option<&'a crate::control_plane::ReloadReport>,
 }
 
 /// Times to the millisecond (RFC 3339): a stream sends many.
@@ -224,6 +227,15 @@ mod millis {
 pub fn frame<'a>(app: &'a App, stamped: &'a Stamped) -> Option<(&'static str, Data<'a>)> {
     let at = stamped.at;
     match &stamped.event {
+        Event::Reloaded(report) => Some((
+            "manifest.reloaded",
+            Data {
+                status: "reloaded",
+                at,
+                reload: Some(report),
+                ..Data::default()
+            },
+        )),
         Event::Forgotten { task_ids, reason } => Some((
             "task.forgotten",
             Data {

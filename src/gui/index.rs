@@ -385,7 +385,7 @@ impl TaskIndex {
                     self.remove(id);
                 }
             }
-            Event::Worker(_) => {}
+            Event::Worker(_) | Event::Reloaded(_) => {}
             Event::Task(e) => {
                 let to = e.to;
                 match &e.change {

@@ -186,7 +186,7 @@ pub async fn app(
         view: view.clone(),
         core: plane.core.clone(),
         events: plane.events.clone(),
-        manifest: Arc::clone(&plane.sockets.manifest),
+        manifest: plane.sockets.manifest.clone(),
         sockets: Arc::clone(&plane.sockets),
         discovery_address: plane.discovery_address.clone(),
         started_at: plane.started_at,

@@ -13,7 +13,6 @@ use super::view::View;
 use crate::control_plane::CoreHandle;
 use crate::control_plane::events::Events;
 use crate::control_plane::handlers::Context;
-use crate::manifest::Manifest;
 
 #[derive(Debug)]
 pub struct AppState {
@@ -21,7 +20,7 @@ pub struct AppState {
     pub view: View,
     pub core: CoreHandle,
     pub events: Events,
-    pub manifest: Arc<Manifest>,
+    pub manifest: crate::control_plane::reload::ManifestCell,
     /// The control plane's sockets: its id and addresses, the requests
     /// its tokens turned away.
     pub sockets: Arc<Context>,

@@ -8,6 +8,7 @@
 //! costs no lookups.
 
 mod error;
+mod imports;
 mod program;
 mod raw;
 mod resolve;
@@ -136,6 +137,10 @@ pub struct TaskSpec {
     pub grace_period: Duration,
     /// What each of its processes may use.
     pub limits: ResourceLimits,
+    /// A digest of the code it runs, as loaded: a script's content, or a
+    /// Python function's module file (found under the runner's root); none
+    /// for a command. A reload replaces a warm pool whose code changed.
+    pub content: Option<String>,
     /// Where it is defined.
     pub origin: Origin,
     /// When it runs by itself (the control plane fires it).
@@ -234,16 +239,56 @@ impl TaskSpec {
         if self.limits.any() {
             hash.update(format!("|{:?}", self.limits).as_bytes());
         }
-        if let HowToRun::Script { path, .. } = &self.how {
-            // A script that cannot be read hashes as empty: running it will
-            // say what is wrong.
-            hash.update(std::fs::read(path).unwrap_or_default());
+        if let (HowToRun::Script { .. }, Some(content)) = (&self.how, &self.content) {
+            hash.update(content.as_bytes());
         }
         hash.finalize()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
     }
+}
+
+impl TaskSpec {
+    /// Whether a warm process started for `self` runs `other` the same way:
+    /// the same program, arguments, environment, directory, code, pool
+    /// settings and limits. A reload keeps such a pool's processes.
+    pub fn runs_like(&self, other: &TaskSpec) -> bool {
+        self.launch == other.launch
+            && self.env == other.env
+            && self.inherit_env == other.inherit_env
+            && self.cwd == other.cwd
+            && self.content == other.content
+            && self.mode == other.mode
+            && self.pool_size == other.pool_size
+            && self.max_tasks_per_process == other.max_tasks_per_process
+            && self.max_output == other.max_output
+            && self.grace_period == other.grace_period
+            && self.limits == other.limits
+    }
+
+    /// Whether `other` defines the task differently in any way that
+    /// matters (not where it is written).
+    pub fn differs_from(&self, other: &TaskSpec, dir: &Path) -> bool {
+        self.digest(dir) != other.digest(dir)
+            || self.content != other.content
+            || self.priority != other.priority
+            || self.description != other.description
+            || self.schedule != other.schedule
+    }
+}
+
+/// A digest of a file's content (16 hex digits of SHA-256); none if it
+/// cannot be read.
+pub fn file_digest(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).ok()?;
+    Some(
+        Sha256::digest(&bytes)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// The way a task is declared to run.

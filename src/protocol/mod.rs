@@ -333,6 +333,8 @@ pub enum Query {
     Info,
     /// fastworker extension `{"action": "schedules"}`: [`ScheduleList`].
     Schedules,
+    /// fastworker extension `{"action": "reload"}`: [`ReloadReply`].
+    Reload,
 }
 
 impl Query {
@@ -368,6 +370,7 @@ impl Query {
             Some("workers") => Ok(Query::Workers),
             Some("info") => Ok(Query::Info),
             Some("schedules") => Ok(Query::Schedules),
+            Some("reload") => Ok(Query::Reload),
             Some(other) => Err(format!("unknown action '{other}'")),
         }
     }
@@ -379,6 +382,18 @@ impl Query {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleList {
     pub schedules: Vec<Value>,
+}
+
+/// fastworker extension: the reply to `{"action": "reload"}`: what changed
+/// (`added`, `removed`, `changed`, `pools_replaced`, `kept_for_accepted`),
+/// or why nothing did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub reloaded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// FastWorker's `TaskResult`: the reply to a blocking submit and the payload

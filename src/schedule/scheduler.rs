@@ -265,8 +265,13 @@ impl Scheduler {
         self.rows.clone()
     }
 
-    /// Fires what is due until `stop` (the control plane's shutdown).
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// Fires what is due until `stop` (the control plane's shutdown);
+    /// `updates` brings a reloaded manifest's schedules.
+    pub async fn run(
+        mut self,
+        mut updates: tokio::sync::mpsc::Receiver<Vec<(String, Schedule)>>,
+        stop: CancellationToken,
+    ) {
         let now = (self.now)();
         for i in 0..self.entries.len() {
             let plan = self.entries[i].start(now);
@@ -295,14 +300,14 @@ impl Scheduler {
         self.save();
         loop {
             let next = self.entries.iter().filter_map(|e| e.next).min();
-            let Some(next) = next else {
-                stop.cancelled().await;
-                return;
-            };
-            let wait = (next - (self.now)()).to_std().unwrap_or_default();
+            let wait = next.map(|next| (next - (self.now)()).to_std().unwrap_or_default());
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+                () = crate::clock::until(wait.map(|w| tokio::time::Instant::now() + w)) => {}
+                Some(schedules) = updates.recv() => {
+                    self.replace(schedules);
+                    continue;
+                }
             }
             let now = (self.now)();
             for i in 0..self.entries.len() {
@@ -376,6 +381,32 @@ impl Scheduler {
             Ok(_) => Fired::Accepted(task_id),
             Err(e) => Fired::Refused(e),
         }
+    }
+
+    /// A reload's schedules: kept ones keep their state (a changed rule
+    /// starts afresh), new ones start now, removed ones stop.
+    fn replace(&mut self, schedules: Vec<(String, Schedule)>) {
+        let now = (self.now)();
+        let mut old: std::collections::HashMap<String, Entry> = self
+            .entries
+            .drain(..)
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        for (name, schedule) in schedules {
+            let kept = old.remove(&name).map(|e| e.state);
+            let mut entry = Entry::new(&name, schedule, kept);
+            // A running schedule goes on from now (nothing was missed).
+            entry.state.pending = None;
+            let plan = entry.start(now);
+            entry.state.missed += plan.missed;
+            if plan.missed > 0 {
+                entry.state.last_fire = Some(now);
+                entry.advance(now);
+            }
+            self.entries.push(entry);
+        }
+        self.publish();
+        self.save();
     }
 
     fn publish(&self) {

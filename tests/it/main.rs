@@ -19,6 +19,7 @@ mod oneshot;
 mod pool;
 mod python_client;
 mod python_runner;
+mod reload;
 mod resource_limits;
 mod security;
 mod subworkers;

@@ -110,41 +110,50 @@ fn text(span: &Span, key: &str) -> String {
 async fn a_task_on_a_subworker_with_a_retry_is_one_trace() {
     let (endpoint, got, server) = receiver().await;
     let fx = Fixture::new(MANIFEST);
-    let port = 20_000 + rand_u16() % 40_000;
-    let base = format!("tcp://127.0.0.1:{port}");
-    let argv: Vec<String> = [
-        "env",
-        "OTEL_METRIC_EXPORT_INTERVAL=500",
-        "OTEL_SERVICE_NAME=fw-test",
-        BIN,
-        "control-plane",
-        "--base-address",
-        &base,
-        "--discovery-address",
-        &format!("ipc://{}", fx.path("disc").display()),
-        "--manifest",
-        &fx.manifest_path().display().to_string(),
-        "--data-dir",
-        &fx.path("data").display().to_string(),
-        "--no-gui",
-        "--no-local-tasks",
-        "--telemetry",
-        "--otlp-endpoint",
-        &endpoint,
-        "--log-format",
-        "json",
-        "--log-level",
-        "fastworker=debug",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let (cp, ready) = spawn_logged(
-        &argv,
-        &["\"message\":\"control plane ready\""],
-        &["cannot start"],
-    )
-    .await;
-    ready.expect("ready");
+    // Fresh ports, tried again when taken.
+    let (cp, base) = loop {
+        let port = 20_000 + rand_u16() % 40_000;
+        let base = format!("tcp://127.0.0.1:{port}");
+        let argv: Vec<String> = [
+            "env",
+            "OTEL_METRIC_EXPORT_INTERVAL=500",
+            "OTEL_SERVICE_NAME=fw-test",
+            BIN,
+            "control-plane",
+            "--base-address",
+            &base,
+            "--discovery-address",
+            &format!("ipc://{}", fx.path("disc").display()),
+            "--manifest",
+            &fx.manifest_path().display().to_string(),
+            "--data-dir",
+            &fx.path("data").display().to_string(),
+            "--no-gui",
+            "--no-local-tasks",
+            "--telemetry",
+            "--otlp-endpoint",
+            &endpoint,
+            "--log-format",
+            "json",
+            "--log-level",
+            "fastworker=debug",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let (cp, ready) = spawn_logged(
+            &argv,
+            &["\"message\":\"control plane ready\""],
+            &["cannot start"],
+        )
+        .await;
+        match ready {
+            Err(line) if line.contains("Address in use") => continue,
+            ready => {
+                ready.expect("ready");
+                break (cp, base);
+            }
+        }
+    };
     let (sw, ready) = spawn_logged(
         &[
             BIN,
@@ -315,8 +324,7 @@ async fn a_task_on_a_subworker_with_a_retry_is_one_trace() {
 async fn a_collector_that_is_down_is_reported_once() {
     let fx =
         Fixture::new("[tasks.eight]\ncommand = [\"sh\", \"-c\", \"cat >/dev/null; echo 8\"]\n");
-    let port = 20_000 + rand_u16() % 40_000;
-    let base = format!("tcp://127.0.0.1:{port}");
+    let base = format!("ipc://{}", fx.path("cp").display());
     // A port nothing listens on (bound, then closed).
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let endpoint = format!("http://{}", closed.local_addr().expect("addr"));

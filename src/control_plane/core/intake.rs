@@ -2,7 +2,8 @@
 //! record, and where an accepted task waits: on a timer until its eta, or
 //! in the queue.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -14,7 +15,7 @@ use super::{Acceptance, Core, NewTask};
 use crate::control_plane::events::{Submitted, TaskChange};
 use crate::control_plane::queue::Waiting;
 use crate::control_plane::workers::Workers;
-use crate::manifest::{Manifest, Priority};
+use crate::manifest::{Manifest, Priority, TaskSpec};
 use crate::protocol::{Status, TaskRecord};
 
 /// What scheduling needs to know about a task type, from the control
@@ -71,7 +72,10 @@ impl Core {
                 }
                 None => {}
             }
-            if self.policy(&task.name).is_none() {
+            // A type removed by a reload takes no new task (its own queued
+            // ones still run).
+            if self.manifest.task(&task.name).is_none() && self.workers.offer(&task.name).is_none()
+            {
                 return Err(self.unknown_task(&task.name));
             }
             fresh += 1;
@@ -225,7 +229,7 @@ impl Core {
 
     /// The scheduling policy of a task type, if anyone defines it.
     pub(super) fn policy(&self, name: &str) -> Option<Policy> {
-        policy_in(&self.manifest, &self.workers, name)
+        policy_in(&self.manifest, &self.retired, &self.workers, name)
     }
 
     fn unknown_task(&self, name: &str) -> String {
@@ -261,9 +265,15 @@ impl Core {
     }
 }
 
-/// The policy of `name`: the manifest's definition, else a subworker's.
-pub(super) fn policy_in(manifest: &Manifest, workers: &Workers, name: &str) -> Option<Policy> {
-    match manifest.task(name) {
+/// The policy of `name`: the manifest's definition (or the one a reload
+/// removed, for the tasks accepted before), else a subworker's.
+pub(super) fn policy_in(
+    manifest: &Manifest,
+    retired: &HashMap<String, Arc<TaskSpec>>,
+    workers: &Workers,
+    name: &str,
+) -> Option<Policy> {
+    match manifest.task(name).or_else(|| retired.get(name)) {
         Some(spec) => Some(Policy {
             priority: spec.priority,
             retries: spec.retries,

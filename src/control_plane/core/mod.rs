@@ -25,11 +25,13 @@ mod durable;
 mod intake;
 mod leases;
 mod phase;
+mod reload;
 mod runs;
 #[cfg(test)]
 mod tests;
 mod views;
 
+pub use self::reload::ReloadReport;
 pub use self::views::{Due, Lane, Queued, Queues, Refused, Timed, Visit};
 
 use std::collections::BTreeSet;
@@ -172,6 +174,11 @@ pub enum Command {
         task_id: String,
         respond: oneshot::Sender<Result<(), Refused>>,
     },
+    /// Applies a new manifest, loaded and checked (see [`reload`]).
+    Reload {
+        manifest: Arc<Manifest>,
+        respond: oneshot::Sender<ReloadReport>,
+    },
 }
 
 /// Counts for logs, the GUI and `/metrics`.
@@ -216,6 +223,9 @@ pub struct Settings {
 
 pub struct Core {
     manifest: Arc<Manifest>,
+    /// Definitions a reload removed, kept for the tasks accepted before it
+    /// (they run as they were accepted; no new task of these is taken).
+    retired: std::collections::HashMap<String, Arc<crate::manifest::TaskSpec>>,
     executor: Arc<Executor>,
     settings: Settings,
     tasks: Tasks,
@@ -255,6 +265,7 @@ impl Core {
         let allow_mismatch = settings.allow_definition_mismatch;
         Core {
             manifest,
+            retired: std::collections::HashMap::new(),
             executor,
             settings,
             tasks: Tasks::new(events.clone()),
@@ -398,6 +409,9 @@ impl Core {
                 let _ = respond.send(self.queues(next));
             }
             Command::Delete { task_id, respond } => self.delete(&task_id, respond),
+            Command::Reload { manifest, respond } => {
+                let _ = respond.send(self.reload(manifest));
+            }
         }
     }
 

@@ -38,11 +38,14 @@ impl Core {
                 break;
             }
             let next = {
-                let (manifest, tasks, workers) = (&self.manifest, &self.tasks, &self.workers);
+                let (manifest, retired, tasks, workers) =
+                    (&self.manifest, &self.retired, &self.tasks, &self.workers);
                 self.queue.pop_next(|name| {
-                    let limit = policy_in(manifest, workers, name).and_then(|p| p.max_concurrency);
+                    let limit =
+                        policy_in(manifest, retired, workers, name).and_then(|p| p.max_concurrency);
+                    let here = manifest.task(name).is_some() || retired.contains_key(name);
                     limit.is_none_or(|limit| tasks.running(name) < limit)
-                        && ((local_free && manifest.task(name).is_some()) || workers.can_take(name))
+                        && ((local_free && here) || workers.can_take(name))
                 })
             };
             let Some((_, waiting)) = next else { break };
@@ -91,7 +94,11 @@ impl Core {
         let Some(spec) = self
             .tasks
             .get(task_id)
-            .and_then(|a| self.manifest.task(&a.record.name))
+            .and_then(|a| {
+                self.manifest
+                    .task(&a.record.name)
+                    .or_else(|| self.retired.get(&a.record.name))
+            })
             .map(Arc::clone)
         else {
             return;

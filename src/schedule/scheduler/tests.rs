@@ -158,7 +158,7 @@ async fn fires_go_through_the_queue_skip_an_overlap_and_survive_a_restart() {
     );
     let rows = scheduler.schedules();
     let stop = CancellationToken::new();
-    let running = tokio::spawn(scheduler.run(stop.clone()));
+    let running = tokio::spawn(scheduler.run(tokio::sync::mpsc::channel(1).1, stop.clone()));
 
     // The first fire, 10 s in: submitted with the schedule's args and priority.
     assert!(
@@ -206,7 +206,7 @@ async fn fires_go_through_the_queue_skip_an_overlap_and_survive_a_restart() {
     );
     let rows = scheduler.schedules();
     let stop = CancellationToken::new();
-    let running = tokio::spawn(scheduler.run(stop.clone()));
+    let running = tokio::spawn(scheduler.run(tokio::sync::mpsc::channel(1).1, stop.clone()));
     assert!(wait_rows(&rows, Duration::from_secs(1), |r| r.len() == 1).await);
     assert_eq!(rows.rows()[0].state.fires, 2, "the count survived");
     assert_eq!(ids(&submitted), before, "no fire twice");
