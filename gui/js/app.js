@@ -56,6 +56,7 @@ import { get } from './api.js';
 import * as live from './live.js';
 import { state, navigate, Scope } from './state.js';
 import { errorBox } from './widgets.js';
+import { toast } from './ui.js';
 import * as dashboard from './views/dashboard.js';
 import * as tasks from './views/tasks.js';
 import * as task from './views/task.js';
@@ -236,6 +237,15 @@ async function boot() {
   live.on('stats', applyStatus);
   live.on('reload', () => {
     get('api/status').then(applyStatus).catch(() => { /* stats will come */ });
+    reloadView();
+  });
+  // A reload of the manifest: say what changed; the views that list task
+  // types read them again.
+  live.on('manifest', (d) => {
+    const part = (n, what) => `${n.length} ${what}${n.length ? ` (${n.join(', ')})` : ''}`;
+    const added = d.added || [], removed = d.removed || [], changed = d.changed || [];
+    const pools = d.pools_replaced || 0;
+    toast(`Manifest reloaded: ${part(added, 'added')}, ${part(removed, 'removed')}, ${part(changed, 'changed')}; ${pools} warm pool${pools === 1 ? '' : 's'} replaced`, 'info', 10000);
     reloadView();
   });
   live.start();

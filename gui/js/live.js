@@ -121,6 +121,11 @@ function open() {
     emit('resync', d);
     emit('reload', 'resync');
   });
+  es.addEventListener('manifest.reloaded', (e) => {
+    const d = parse(e);
+    if (e.lastEventId) conn.lastEventId = e.lastEventId;
+    if (d) emit('manifest', d);
+  });
   es.addEventListener('stats', (e) => {
     const d = parse(e);
     if (d) emit('stats', d);

@@ -404,6 +404,18 @@ async function main() {
     await waitUntil('back to light', theme, (t) => t === 'light', 3000);
   });
 
+  if (cp) {
+    await step('manifest reload: SIGHUP after an edit, a toast says what changed, the registered tasks follow', async () => {
+      await go('#/registered');
+      await page.waitForSelector(tid('registered-row'));
+      fs.appendFileSync(cp.manifest, '\n[tasks.added_live]\ncommand = ["cat"]\n');
+      cp.proc.kill('SIGHUP');
+      await waitUntil('the reload toast', () => page.$$eval('[data-testid="toast-info"]', (ts) => ts.map((t) => t.textContent)),
+        (ts) => ts.some((t) => t.includes('Manifest reloaded: 1 added (added_live), 0 removed, 0 changed')), 15000);
+      await page.waitForSelector(`${tid('registered-row')}[data-name="added_live"]`, { timeout: 10000 });
+    });
+  }
+
   if (cp || MOCK_OUTAGE) {
     await step('outage: kill -9, red banner, restart on the same port, banner gone, tasks kept', async () => {
       await go(`#/tasks?q=${encodeURIComponent(addId)}`);
