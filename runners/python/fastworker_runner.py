@@ -947,17 +947,28 @@ class ResultNotSerializable(Exception):
     pass
 
 
-TRACE_VARS = ("TRACEPARENT", "TRACESTATE")
+# Per-request environment variables, and the request key each comes from.
+REQUEST_VARS = (
+    ("FASTWORKER_TASK_ID", "task_id"),
+    ("FASTWORKER_TASK_NAME", "name"),
+    ("FASTWORKER_ATTEMPT", "attempt"),
+    ("TRACEPARENT", "traceparent"),
+    ("TRACESTATE", "tracestate"),
+)
 
 
 def trace_context(request):
-    """Puts the attempt's W3C trace context in os.environ (TRACEPARENT,
-    TRACESTATE) for the call, as a one-shot process has it from birth: a task
-    opens child spans from it (e.g. OpenTelemetry's env propagator). Returns
-    what to put back afterwards."""
-    before = {name: os.environ.get(name) for name in TRACE_VARS}
-    for name, key in zip(TRACE_VARS, ("traceparent", "tracestate")):
+    """Puts the request's task id, name and attempt number and its W3C trace
+    context in os.environ (FASTWORKER_TASK_ID, FASTWORKER_TASK_NAME,
+    FASTWORKER_ATTEMPT, TRACEPARENT, TRACESTATE) for the call, as a one-shot
+    process has them from birth: a task reads its attempt, or opens child
+    spans from the trace context (e.g. OpenTelemetry's env propagator).
+    Returns what to put back afterwards."""
+    before = {name: os.environ.get(name) for name, _ in REQUEST_VARS}
+    for name, key in REQUEST_VARS:
         value = request.get(key) if isinstance(request, dict) else None
+        if type(value) is int and value >= 1:
+            value = str(value)
         if isinstance(value, str) and value:
             os.environ[name] = value
         else:

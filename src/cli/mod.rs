@@ -13,6 +13,7 @@
 mod args;
 mod batch;
 mod error;
+mod init;
 mod journal;
 mod local;
 mod output;
@@ -93,6 +94,12 @@ pub enum Command {
     Check,
     /// Check or repair a control plane's journal (its data dir)
     Journal(journal::JournalArgs),
+    /// Print the manifest's JSON Schema (for editors: a `#:schema` line in
+    /// tasks.toml, or Taplo's settings)
+    Schema,
+    /// Start a project: a commented tasks.toml, a Python task module, a
+    /// script and the schema, in DIR (default: here); never over a file
+    Init(init::InitArgs),
 }
 
 /// Parses the command line, runs the command and returns the exit code.
@@ -109,6 +116,7 @@ pub fn main() -> ExitCode {
             | Command::Schedules(_)
             | Command::Reload(_)
             | Command::Journal(_)
+            | Command::Schema
     ) {
         quiet_on_broken_pipe();
     }
@@ -181,6 +189,8 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::List(args) => local::list(manifest, &args),
         Command::Check => local::check(manifest),
         Command::Journal(args) => journal::journal(&args),
+        Command::Schema => init::schema(),
+        Command::Init(args) => init::init(&args),
     }
 }
 

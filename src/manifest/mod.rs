@@ -12,6 +12,7 @@ mod imports;
 mod program;
 mod raw;
 mod resolve;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -43,6 +44,7 @@ pub const DEFAULT_MANIFEST: &str = "tasks.toml";
     Serialize,
     Deserialize,
     clap::ValueEnum,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -78,7 +80,9 @@ impl fmt::Display for Priority {
 }
 
 /// How a task's processes live: one per task, or a warm pool that serves many.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::helpers::{BIN, REPO};
 
 /// Why the browser test cannot run here, if it cannot.
-fn missing() -> Option<String> {
+pub(crate) fn missing() -> Option<String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     if !Path::new(&chromium).exists() {
         return Some(format!(
@@ -45,12 +45,17 @@ fn missing() -> Option<String> {
     }
 }
 
-/// `npm ci` in tests/browser, once, when its packages are missing.
-fn install(dir: &Path) -> Result<(), String> {
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
+/// `npm ci` in tests/browser, once, when its packages (Playwright, and
+/// Taplo for the schema test) are missing.
+pub(crate) fn install(dir: &Path) -> Result<(), String> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if ["playwright-core", "@taplo/cli"].iter().all(|p| {
+        dir.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    }) {
         return Ok(());
     }
     let out = std::process::Command::new("npm")

@@ -22,5 +22,6 @@ mod python_runner;
 mod reload;
 mod resource_limits;
 mod security;
+mod starter;
 mod subworkers;
 mod telemetry;

@@ -57,6 +57,11 @@ MODULES = {
 
         def context():
             return [os.environ.get("TRACEPARENT"), os.environ.get("TRACESTATE")]
+
+
+        def who():
+            return [os.environ.get(k) for k in
+                    ("FASTWORKER_TASK_ID", "FASTWORKER_TASK_NAME", "FASTWORKER_ATTEMPT")]
     ''',
     # Every form of the decorator.
     "forms.py": '''
@@ -1020,3 +1025,16 @@ class TraceContextTest(RunnerTestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         replies = [json.loads(line)["ok"] for line in done.stdout.decode().splitlines()]
         self.assertEqual(replies, [[first, "k=v"], [second, None], [None, None]])
+
+    def test_each_request_sees_its_task_id_name_and_attempt(self):
+        requests = [
+            {"id": 1, "task_id": "a", "name": "who", "args": [], "kwargs": {}, "attempt": 1},
+            {"id": 2, "task_id": "b", "name": "who", "args": [], "kwargs": {}, "attempt": 3},
+        ]
+        stdin = "".join(json.dumps(r) + "\n" for r in requests).encode()
+        done = self.runner(
+            "--mode", "pool", "--function", "traced:who", "--root", str(self.root), stdin=stdin
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        replies = [json.loads(line)["ok"] for line in done.stdout.decode().splitlines()]
+        self.assertEqual(replies, [["a", "who", "1"], ["b", "who", "3"]])

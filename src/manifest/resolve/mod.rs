@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use toml::Spanned;
+use crate::manifest::raw::Spanned;
 
 use super::error::{Locator, ManifestError, Problem};
 use super::program::Resolver;

@@ -1,9 +1,9 @@
 //! A task's `schedule` table, and a `@task` decorator's schedule, as a
 //! [`Schedule`].
 
+use crate::manifest::raw::Spanned;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use toml::Spanned;
 
 use super::Cx;
 use crate::manifest::raw::RawSchedule;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::Spanned;
+use crate::manifest::raw::Spanned;
 
 use super::Cx;
 
