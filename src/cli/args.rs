@@ -319,7 +319,7 @@ impl TaskIdArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkersArgs {
-    /// Print the workers as JSON
+    /// Print the answer as JSON
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
