@@ -23,11 +23,17 @@ pub async fn run(manifest: &super::Sources, args: RunArgs) -> CliResult {
         Arc::make_mut(&mut spec).timeout = Some(timeout);
     }
     let kwargs = parse_kwargs(&args.kwargs).map_err(CliError::Unusable)?;
-    let request = TaskRequest::new(
+    let mut request = TaskRequest::new(
         &args.task,
         args.args.iter().map(|a| parse_arg(a)).collect(),
         kwargs,
     );
+    // A traced script that runs `fastworker run`: its task is in the
+    // script's trace (run exports no spans of its own).
+    request.traceparent = super::args::env_traceparent();
+    if request.traceparent.is_some() {
+        request.tracestate = std::env::var("TRACESTATE").ok().filter(|s| !s.is_empty());
+    }
 
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();

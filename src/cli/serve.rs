@@ -72,7 +72,10 @@ pub struct ControlPlaneArgs {
     #[arg(long, env = "FASTWORKER_WATCH", value_parser = BoolishValueParser::new())]
     pub watch: bool,
     /// Export each task's trace and the metrics over OpenTelemetry (OTLP,
-    /// HTTP/protobuf; the standard OTEL_* variables apply)
+    /// HTTP/protobuf, plain http://). Read: OTEL_EXPORTER_OTLP_ENDPOINT (and
+    /// _TRACES_/_METRICS_ENDPOINT), OTEL_EXPORTER_OTLP_HEADERS,
+    /// OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_EXPORTER and
+    /// OTEL_METRICS_EXPORTER (otlp or none), OTEL_METRIC_EXPORT_INTERVAL
     #[arg(long, env = "FASTWORKER_TELEMETRY_ENABLED", value_parser = BoolishValueParser::new())]
     pub telemetry: bool,
     /// Where to export (a base URL: /v1/traces and /v1/metrics are added)

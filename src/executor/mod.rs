@@ -62,7 +62,7 @@ impl Executor {
         request: &TaskRequest,
         cancel: &CancellationToken,
     ) -> Execution {
-        tracing::debug!(task = %spec.name, task_id = %request.task_id, attempt = request.attempt, mode = %spec.mode, "running task");
+        tracing::debug!(name = %spec.name, task_id = %request.task_id, attempt = request.attempt, mode = %spec.mode, "running task");
         let cgroups = self.cgroups_for(spec);
         let execution = match spec.mode {
             Mode::Oneshot => {
@@ -70,7 +70,7 @@ impl Executor {
             }
             Mode::Pool => self.run_pooled(spec, request, cancel).await,
         };
-        tracing::debug!(task = %spec.name, task_id = %request.task_id, status = execution.outcome.status(), ms = execution.duration.as_secs_f64() * 1e3, "task ended");
+        tracing::debug!(name = %spec.name, task_id = %request.task_id, status = execution.outcome.status(), ms = execution.duration.as_secs_f64() * 1e3, "task ended");
         execution
     }
 
@@ -90,7 +90,7 @@ impl Executor {
                 return execution;
             }
         }
-        tracing::debug!(task = %spec.name, task_id = %request.task_id, "its pool was replaced by a reload: it runs on a pool of its own");
+        tracing::debug!(name = %spec.name, task_id = %request.task_id, "its pool was replaced by a reload: it runs on a pool of its own");
         let own = self.new_pool(spec);
         let execution = match own.run(request, cancel).await {
             Ok(execution) | Err(pool::Replaced(execution)) => execution,
@@ -155,7 +155,7 @@ impl Executor {
         };
         let n = retired.len();
         for pool in retired {
-            tracing::info!(task = %pool.spec().name, "its definition changed: its warm processes are replaced");
+            tracing::info!(name = %pool.spec().name, "its definition changed: its warm processes are replaced");
             tokio::spawn(async move { pool.replace().await });
         }
         n

@@ -171,7 +171,7 @@ async fn supervise(
                 kill_at = None;
             }
             () = until(drain_until) => {
-                tracing::warn!(task = %request.name, "output pipes still open after the task exited; a process left its group");
+                tracing::warn!(name = %request.name, "output pipes still open after the task exited; a process left its group");
                 break;
             }
         }

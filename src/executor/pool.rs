@@ -277,7 +277,7 @@ impl Pool {
             match worker.proc.child.try_wait() {
                 Ok(None) => return Some(worker),
                 _ => {
-                    tracing::info!(task = %self.spec.name, pid = worker.proc.pid, "idle pool process had exited; replacing it");
+                    tracing::info!(name = %self.spec.name, pid = worker.proc.pid, "idle pool process had exited; replacing it");
                     self.retire(worker);
                 }
             }
@@ -301,7 +301,7 @@ impl Pool {
             match tokio::time::timeout(grace, child.wait()).await {
                 Ok(_) => group.signal(nix::sys::signal::Signal::SIGKILL),
                 Err(_) => {
-                    tracing::warn!(task = %name, pid, "pool process did not exit on EOF; stopping it");
+                    tracing::warn!(name = %name, pid, "pool process did not exit on EOF; stopping it");
                     let _ = process::stop(&mut child, group, Duration::ZERO).await;
                 }
             }

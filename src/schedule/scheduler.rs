@@ -116,7 +116,7 @@ impl Entry {
         let state = match kept {
             Some(state) if state.definition == rule => state,
             Some(_) => {
-                tracing::info!(task = name, %rule, "its schedule changed: its fires are counted afresh");
+                tracing::info!(name = name, %rule, "its schedule changed: its fires are counted afresh");
                 State {
                     definition: rule,
                     ..State::default()
@@ -280,10 +280,10 @@ impl Scheduler {
                 self.entries[i].state.missed += plan.missed;
                 match plan.catch_up {
                     Some(_) => {
-                        tracing::info!(task = %name, missed = plan.missed, "fires missed while the control plane was down; one is made up now (catch_up = \"once\")")
+                        tracing::info!(name = %name, missed = plan.missed, "fires missed while the control plane was down; one is made up now (catch_up = \"once\")")
                     }
                     None => {
-                        tracing::info!(task = %name, missed = plan.missed, "fires missed while the control plane was down; skipped (catch_up = \"skip\")")
+                        tracing::info!(name = %name, missed = plan.missed, "fires missed while the control plane was down; skipped (catch_up = \"skip\")")
                     }
                 }
             }
@@ -329,20 +329,20 @@ impl Scheduler {
         let entry = &mut self.entries[i];
         match fired {
             Fired::Accepted(task_id) => {
-                tracing::info!(task = %entry.name, %task_id, at = %at.to_rfc3339_opts(SecondsFormat::Millis, true), "scheduled task fired");
+                tracing::info!(name = %entry.name, %task_id, at = %at.to_rfc3339_opts(SecondsFormat::Millis, true), "scheduled task fired");
                 entry.state.fires += 1;
                 entry.state.last_fire = Some(at);
                 entry.state.last_task = Some(task_id);
                 entry.state.last_error = None;
             }
             Fired::Skipped => {
-                tracing::info!(task = %entry.name, at = %at.to_rfc3339_opts(SecondsFormat::Millis, true), last = ?entry.state.last_task, "a fire skipped: the last run still goes (overlap = \"skip\")");
+                tracing::info!(name = %entry.name, at = %at.to_rfc3339_opts(SecondsFormat::Millis, true), last = ?entry.state.last_task, "a fire skipped: the last run still goes (overlap = \"skip\")");
                 entry.state.skipped += 1;
                 entry.state.last_skip = Some(at);
                 entry.state.last_fire = Some(at);
             }
             Fired::Refused(error) => {
-                tracing::warn!(task = %entry.name, at = %at.to_rfc3339_opts(SecondsFormat::Millis, true), "a scheduled fire was refused: {error}");
+                tracing::warn!(name = %entry.name, at = %at.to_rfc3339_opts(SecondsFormat::Millis, true), "a scheduled fire was refused: {error}");
                 entry.state.refused += 1;
                 entry.state.last_error = Some(error);
                 entry.state.last_fire = Some(at);

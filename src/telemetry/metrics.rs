@@ -58,28 +58,31 @@ pub fn start(
     plane: &ControlPlane,
     resource: opentelemetry_sdk::Resource,
     sink: RecordSink,
-    endpoint: Option<String>,
+    endpoint: Option<Option<String>>,
     stats: Shared,
 ) -> Result<SdkMeterProvider, TelemetryError> {
-    let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_http();
-    if let Some(url) = endpoint {
-        exporter = exporter.with_endpoint(url);
+    let mut provider = SdkMeterProvider::builder().with_resource(resource);
+    // None: OTEL_METRICS_EXPORTER=none (the instruments are made, nothing
+    // reads them).
+    if let Some(endpoint) = endpoint {
+        let mut exporter = opentelemetry_otlp::MetricExporter::builder().with_http();
+        if let Some(url) = endpoint {
+            exporter = exporter.with_endpoint(url);
+        }
+        let exporter = exporter
+            .with_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| TelemetryError::Exporter {
+                what: "metrics",
+                reason: e.to_string(),
+            })?;
+        let mut reader = PeriodicReader::builder(Reported::new("metrics", exporter));
+        if let Some(every) = config.metrics_every {
+            reader = reader.with_interval(every);
+        }
+        provider = provider.with_reader(reader.build());
     }
-    let exporter = exporter
-        .with_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| TelemetryError::Exporter {
-            what: "metrics",
-            reason: e.to_string(),
-        })?;
-    let mut reader = PeriodicReader::builder(Reported::new("metrics", exporter));
-    if let Some(every) = config.metrics_every {
-        reader = reader.with_interval(every);
-    }
-    let provider = SdkMeterProvider::builder()
-        .with_reader(reader.build())
-        .with_resource(resource)
-        .build();
+    let provider = provider.build();
     let source = Source {
         events: plane.events.clone(),
         stats,

@@ -19,8 +19,12 @@
 //!
 //! Configuration: `--telemetry` (or FastWorker's
 //! `FASTWORKER_TELEMETRY_ENABLED`), `--otlp-endpoint` (or the standard
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, …,
-//! `OTEL_EXPORTER_OTLP_HEADERS`), `OTEL_SERVICE_NAME` (default `fastworker`).
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`),
+//! `OTEL_TRACES_EXPORTER` and `OTEL_METRICS_EXPORTER` (`otlp` or `none`),
+//! `OTEL_SERVICE_NAME` or a `service.name` in `OTEL_RESOURCE_ATTRIBUTES`
+//! (default `fastworker`), `OTEL_METRIC_EXPORT_INTERVAL`. Plain HTTP only:
+//! an `https://` endpoint is refused at start.
 
 pub mod metrics;
 pub mod spans;
@@ -54,8 +58,64 @@ pub struct TelemetryConfig {
     pub metrics_every: Option<Duration>,
 }
 
+/// Which signals go out: `OTEL_TRACES_EXPORTER` and
+/// `OTEL_METRICS_EXPORTER`, each `otlp` (the default) or `none` (a backend
+/// that takes traces only, such as Jaeger, needs `OTEL_METRICS_EXPORTER=none`).
+fn signal_on(var: &str) -> Result<bool, TelemetryError> {
+    match std::env::var(var) {
+        Err(_) => Ok(true),
+        Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("otlp") => Ok(true),
+        Ok(v) if v.trim().eq_ignore_ascii_case("none") => Ok(false),
+        Ok(v) => Err(TelemetryError::Setting(format!(
+            "{var}={v}: this build exports over OTLP only: use otlp or none"
+        ))),
+    }
+}
+
+/// Refuses what this build cannot export to (`https://`: it speaks plain
+/// HTTP; gzip: not built in), naming the setting.
+fn check_settings(config: &TelemetryConfig) -> Result<(), TelemetryError> {
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    if let Some(e) = &config.endpoint {
+        endpoints.push(("--otlp-endpoint".to_owned(), e.clone()));
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            endpoints.push((var.to_owned(), v));
+        }
+    }
+    for (setting, url) in endpoints {
+        if !url.trim().to_ascii_lowercase().starts_with("http://") {
+            return Err(TelemetryError::Setting(format!(
+                "{setting} {url}: this build exports over plain http:// only (send to a collector on this host or a private network, or put a TLS proxy in front)"
+            )));
+        }
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    ] {
+        if let Ok(v) = std::env::var(var)
+            && !v.trim().is_empty()
+            && !v.trim().eq_ignore_ascii_case("none")
+        {
+            return Err(TelemetryError::Setting(format!(
+                "{var}={v}: this build sends OTLP uncompressed: unset it or set it to none"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    #[error("telemetry: {0}")]
+    Setting(String),
     #[error("cannot set up the OTLP exporter for {what}: {reason}")]
     Exporter { what: &'static str, reason: String },
 }
@@ -76,10 +136,19 @@ pub fn records() -> (RecordSink, mpsc::Receiver<Arc<TaskRecord>>) {
     RecordSink::channel(QUEUE)
 }
 
-/// The service's name: `OTEL_SERVICE_NAME`, else `fastworker`.
+/// The service's name: `OTEL_SERVICE_NAME`, else a `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`, else `fastworker`.
 fn resource(worker_id: &str) -> opentelemetry_sdk::Resource {
     let mut builder = opentelemetry_sdk::Resource::builder();
-    if std::env::var("OTEL_SERVICE_NAME").map_or(true, |n| n.trim().is_empty()) {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|n| !n.trim().is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attrs| {
+            attrs.split(',').any(|kv| {
+                kv.split('=')
+                    .next()
+                    .is_some_and(|k| k.trim() == "service.name")
+            })
+        });
+    if !named {
         builder = builder.with_service_name("fastworker");
     }
     builder
@@ -98,6 +167,11 @@ pub fn start(
     mut records: mpsc::Receiver<Arc<TaskRecord>>,
     sink: RecordSink,
 ) -> Result<Telemetry, TelemetryError> {
+    check_settings(config)?;
+    let (traces_on, metrics_on) = (
+        signal_on("OTEL_TRACES_EXPORTER")?,
+        signal_on("OTEL_METRICS_EXPORTER")?,
+    );
     let worker_id = plane.sockets.info.worker_id.clone();
     let url = |path: &str| {
         config
@@ -105,37 +179,38 @@ pub fn start(
             .as_ref()
             .map(|base| format!("{}{path}", base.trim_end_matches('/')))
     };
-    let mut span_exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
-    if let Some(url) = url("/v1/traces") {
-        span_exporter = span_exporter.with_endpoint(url);
-    }
-    let span_exporter = span_exporter
-        .with_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| TelemetryError::Exporter {
-            what: "traces",
-            reason: e.to_string(),
-        })?;
-    let batch = BatchConfigBuilder::default()
-        .with_max_queue_size(QUEUE)
-        .with_max_export_batch_size(512)
-        .with_scheduled_delay(Duration::from_secs(1))
-        .build();
-    let traces = SdkTracerProvider::builder()
-        .with_span_processor(
+    let mut traces = SdkTracerProvider::builder().with_resource(resource(&worker_id));
+    if traces_on {
+        let mut span_exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+        if let Some(url) = url("/v1/traces") {
+            span_exporter = span_exporter.with_endpoint(url);
+        }
+        let span_exporter = span_exporter
+            .with_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| TelemetryError::Exporter {
+                what: "traces",
+                reason: e.to_string(),
+            })?;
+        let batch = BatchConfigBuilder::default()
+            .with_max_queue_size(QUEUE)
+            .with_max_export_batch_size(512)
+            .with_scheduled_delay(Duration::from_secs(1))
+            .build();
+        traces = traces.with_span_processor(
             BatchSpanProcessor::builder(Reported::new("traces", span_exporter))
                 .with_batch_config(batch)
                 .build(),
-        )
-        .with_resource(resource(&worker_id))
-        .build();
+        );
+    }
+    let traces = traces.build();
     let stats = metrics::Shared::default();
     let meters = metrics::start(
         config,
         plane,
         resource(&worker_id),
         sink,
-        url("/v1/metrics"),
+        metrics_on.then(|| url("/v1/metrics")),
         Arc::clone(&stats),
     )?;
     let tracer = traces.tracer("fastworker");
@@ -150,19 +225,23 @@ pub fn start(
                 () = stopping.cancelled() => {
                     // What the core handed over before it stopped.
                     while let Ok(record) = records.try_recv() {
-                        spans::export(&tracer, &record, &local);
+                        if traces_on {
+                            spans::export(&tracer, &record, &local);
+                        }
                         recorder.record(&record);
                     }
                     return;
                 }
             };
             let Some(record) = record else { return };
-            spans::export(&tracer, &record, &local);
+            if traces_on {
+                spans::export(&tracer, &record, &local);
+            }
             recorder.record(&record);
         }
     });
     let stats = metrics::refresh(plane, stats);
-    tracing::info!(endpoint = %config.endpoint.as_deref().unwrap_or("from OTEL_EXPORTER_OTLP_* (default http://localhost:4318)"), "telemetry: exporting traces and metrics over OTLP");
+    tracing::info!(endpoint = %config.endpoint.as_deref().unwrap_or("from OTEL_EXPORTER_OTLP_* (default http://localhost:4318)"), traces = traces_on, metrics = metrics_on, "exporting over OTLP");
     Ok(Telemetry {
         stop,
         traces,
@@ -213,9 +292,9 @@ impl<E> Reported<E> {
         match result {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(
-                        failed = self.failures.load(Ordering::Relaxed),
-                        "telemetry: exporting {} works again",
+                    tracing::warn!(
+                        failed_batches = self.failures.swap(0, Ordering::Relaxed),
+                        "exporting {} works again",
                         self.what
                     );
                 }
@@ -224,7 +303,7 @@ impl<E> Reported<E> {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
-                        "telemetry: cannot export {}: {e}; the data of the batches that fail is dropped, and this is said again only once it works",
+                        "cannot export {}: {e}; the data of the batches that fail is dropped, and this is said again only once it works",
                         self.what
                     );
                 }

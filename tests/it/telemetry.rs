@@ -404,3 +404,80 @@ async fn a_collector_that_is_down_is_reported_once() {
     assert_eq!(log.matches("cannot export traces").count(), 1, "{log}");
     assert_eq!(log.matches("cannot export metrics").count(), 1, "{log}");
 }
+
+/// `fastworker run` from a traced script: the task's process is in the
+/// script's trace (it gets the script's TRACEPARENT and TRACESTATE).
+#[test]
+fn run_passes_the_callers_trace_context_to_its_task() {
+    let fx = Fixture::new(
+        "[tasks.ctx]\ncommand = [\"sh\", \"-c\", \"cat > /dev/null; printf '[\\\"%s\\\",\\\"%s\\\"]' \\\"$TRACEPARENT\\\" \\\"$TRACESTATE\\\"\"]\n",
+    );
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--manifest"])
+        .arg(fx.manifest_path())
+        .arg("ctx")
+        .env("TRACEPARENT", parent)
+        .env("TRACESTATE", "k=v")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(got, serde_json::json!([parent, "k=v"]));
+    // Not a trace context: the task gets none.
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--manifest"])
+        .arg(fx.manifest_path())
+        .arg("ctx")
+        .env("TRACEPARENT", "garbage")
+        .output()
+        .expect("run");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(got, serde_json::json!(["", ""]));
+}
+
+/// Settings this build cannot honour stop the start with the setting named,
+/// rather than failing every export later.
+#[test]
+fn unusable_telemetry_settings_are_refused_at_start() {
+    let fx =
+        Fixture::new("[tasks.eight]\ncommand = [\"sh\", \"-c\", \"cat >/dev/null; echo 8\"]\n");
+    for (var, value, says) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector:4318",
+            "plain http:// only",
+        ),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip", "uncompressed"),
+        ("OTEL_METRICS_EXPORTER", "prometheus", "otlp or none"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "control-plane",
+                "--no-gui",
+                "--no-journal",
+                "--telemetry",
+                "--manifest",
+            ])
+            .arg(fx.manifest_path())
+            .args([
+                "--base-address",
+                &format!("ipc://{}", fx.path("cp").display()),
+            ])
+            .args([
+                "--discovery-address",
+                &format!("ipc://{}", fx.path("disc").display()),
+            ])
+            .env(var, value)
+            .output()
+            .expect("control-plane");
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_contains(&stderr, var);
+        assert_contains(&stderr, says);
+    }
+}
