@@ -365,19 +365,21 @@ async fn a_submit_that_times_out_says_whether_the_task_was_taken() {
 
     // Something on the ports that takes a submit and never answers, and
     // knows no task: the task was never taken.
-    let port = 20_000 + crate::helpers::rand_u16() % 40_000;
     let guard = fastworker::transport::Guard::new(fastworker::transport::Limits::default());
     let stop = tokio_util::sync::CancellationToken::new();
-    let normal = fastworker::transport::ReplyServer::listen(
-        &format!("tcp://127.0.0.1:{}", port + 2),
-        &guard,
-    )
-    .expect("listen");
-    let query = fastworker::transport::ReplyServer::listen(
-        &format!("tcp://127.0.0.1:{}", port + 4),
-        &guard,
-    )
-    .expect("listen");
+    // Fresh ports, tried again when one is taken.
+    let (port, normal, query) = loop {
+        let port = 20_000 + crate::helpers::rand_u16() % 40_000;
+        let listen = |offset: u16| {
+            fastworker::transport::ReplyServer::listen(
+                &format!("tcp://127.0.0.1:{}", port + offset),
+                &guard,
+            )
+        };
+        if let (Ok(normal), Ok(query)) = (listen(2), listen(4)) {
+            break (port, normal, query);
+        }
+    };
     let servers = tokio::spawn({
         let stop = stop.clone();
         async move {

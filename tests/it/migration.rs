@@ -70,10 +70,7 @@ async fn a_fastworker_task_module_runs_unchanged() {
     std::fs::remove_file(fx.manifest_path()).expect("no manifest at all");
     std::fs::write(fx.path("mytasks.py"), MODULE).expect("module");
     let dir = fx.path("");
-    let port = 20_000 + rand_u16() % 40_000;
-    let base = format!("tcp://127.0.0.1:{port}");
-    let discovery = format!("tcp://127.0.0.1:{}", port + 6);
-    let argv = |extra: &[&str]| -> Vec<String> {
+    let argv = |base: &str, discovery: &str, extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["env", "-C", &dir.display().to_string(), BIN]
             .map(str::to_owned)
             .to_vec();
@@ -81,9 +78,9 @@ async fn a_fastworker_task_module_runs_unchanged() {
             [
                 "control-plane",
                 "--base-address",
-                &base,
+                base,
                 "--discovery-address",
-                &discovery,
+                discovery,
                 "--no-gui",
                 "--task-modules",
                 "mytasks",
@@ -93,7 +90,22 @@ async fn a_fastworker_task_module_runs_unchanged() {
         v.extend(extra.iter().map(|s| (*s).to_owned()));
         v
     };
-    let (cp, ready) = spawn_logged(&argv(&[]), &["ready"], &["cannot start", "error"]).await;
+    // Fresh ports, tried again when taken.
+    let (cp, ready, base, discovery) = loop {
+        let port = 20_000 + rand_u16() % 40_000;
+        let base = format!("tcp://127.0.0.1:{port}");
+        let discovery = format!("tcp://127.0.0.1:{}", port + 6);
+        let (cp, ready) = spawn_logged(
+            &argv(&base, &discovery, &[]),
+            &["ready"],
+            &["cannot start", "error"],
+        )
+        .await;
+        match ready {
+            Err(line) if line.contains("Address in use") => continue,
+            ready => break (cp, ready, base, discovery),
+        }
+    };
     let ready = ready.expect("ready");
     assert_contains(&ready, "3 tasks from task modules mytasks");
 
@@ -132,7 +144,12 @@ async fn a_fastworker_task_module_runs_unchanged() {
     let mut cp = cp;
     let _ = tokio::time::timeout(Duration::from_secs(20), cp.child.wait()).await;
     let before = lines(&hooked).len();
-    let (cp, ready) = spawn_logged(&argv(&[]), &["ready"], &["cannot start", "error"]).await;
+    let (cp, ready) = spawn_logged(
+        &argv(&base, &discovery, &[]),
+        &["ready"],
+        &["cannot start", "error"],
+    )
+    .await;
     ready.expect("ready again");
     assert!(
         wait_for(Duration::from_secs(20), || lines(&hooked).len() >= 4).await,
