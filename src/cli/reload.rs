@@ -43,8 +43,8 @@ pub fn loader(sources: &Sources) -> crate::control_plane::reload::Load {
     crate::control_plane::reload::Load(Arc::new(move || load_checked(&sources)))
 }
 
-/// A reload's outcome, as the log and `fastworker reload` say it.
-pub fn describe(report: &crate::control_plane::ReloadReport) -> String {
+/// The task names of a reload's outcome: `1 added (x), 0 removed, 0 changed`.
+pub fn describe_tasks(report: &crate::control_plane::ReloadReport) -> String {
     let list = |names: &[String]| {
         if names.is_empty() {
             String::new()
@@ -52,14 +52,22 @@ pub fn describe(report: &crate::control_plane::ReloadReport) -> String {
             format!(" ({})", names.join(", "))
         }
     };
-    let mut text = format!(
-        "{} added{}, {} removed{}, {} changed{}; {} warm pool{} replaced",
+    format!(
+        "{} added{}, {} removed{}, {} changed{}",
         report.added.len(),
         list(&report.added),
         report.removed.len(),
         list(&report.removed),
         report.changed.len(),
         list(&report.changed),
+    )
+}
+
+/// A reload's outcome, as the log and `fastworker reload` say it.
+pub fn describe(report: &crate::control_plane::ReloadReport) -> String {
+    let mut text = format!(
+        "{}; {} warm pool{} replaced",
+        describe_tasks(report),
         report.pools_replaced,
         if report.pools_replaced == 1 { "" } else { "s" },
     );

@@ -292,16 +292,26 @@ pub async fn subworker(sources: &super::Sources, args: SubworkerArgs) -> CliResu
     let (reload_tx, reloads) = tokio::sync::mpsc::channel(2);
     let (mut triggers, refresh) = super::reload::triggers(&manifest, args.watch);
     let loading = sources.clone();
+    let mut current = Arc::clone(&manifest);
     tokio::spawn(async move {
         while triggers.recv().await.is_some() {
             let sources = loading.clone();
             match tokio::task::spawn_blocking(move || super::reload::load_checked(&sources)).await {
                 Ok(Ok(manifest)) => {
                     let manifest = Arc::new(manifest);
+                    let (added, removed, changed) = manifest.changes_from(&current);
+                    let report = crate::control_plane::ReloadReport {
+                        added,
+                        removed,
+                        changed,
+                        ..Default::default()
+                    };
                     eprintln!(
-                        "fastworker subworker: manifest reloaded: {} tasks",
-                        manifest.tasks.len()
+                        "fastworker subworker: manifest reloaded: {} tasks: {}; registering again with them",
+                        manifest.tasks.len(),
+                        super::reload::describe_tasks(&report)
                     );
+                    current = Arc::clone(&manifest);
                     if let Some(refresh) = &refresh {
                         let _ = refresh.send(Arc::clone(&manifest)).await;
                     }

@@ -380,6 +380,27 @@ const NO_MANIFEST: &str = "(task modules)";
 pub use self::resolve::TaskModules;
 
 impl Manifest {
+    /// What differs from `old` to this manifest: the tasks added, removed
+    /// and changed (in any way that matters, not where they are written).
+    pub fn changes_from(&self, old: &Manifest) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let mut added = Vec::new();
+        let mut changed = Vec::new();
+        for (name, spec) in &self.tasks {
+            match old.tasks.get(name) {
+                None => added.push(name.clone()),
+                Some(before) if before.differs_from(spec, &self.dir) => changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        let removed = old
+            .tasks
+            .keys()
+            .filter(|name| !self.tasks.contains_key(*name))
+            .cloned()
+            .collect();
+        (added, removed, changed)
+    }
+
     /// Loads the manifest named by `explicit`, else by `FASTWORKER_MANIFEST`,
     /// else `./tasks.toml`.
     pub fn discover(explicit: Option<&Path>) -> Result<Manifest, ManifestError> {

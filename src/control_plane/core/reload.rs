@@ -35,25 +35,23 @@ impl Core {
         let old = std::mem::replace(&mut self.manifest, Arc::clone(&new));
         let ours = |name: &str| new.task(name).map(|spec| spec.digest(&new.dir));
         self.workers.recheck(ours);
-        let mut report = ReloadReport::default();
-        for (name, spec) in &new.tasks {
-            match old.tasks.get(name) {
-                None => report.added.push(name.clone()),
-                Some(before) if before.differs_from(spec, &new.dir) => {
-                    report.changed.push(name.clone());
-                }
-                Some(_) => {}
-            }
+        let (added, removed, changed) = new.changes_from(&old);
+        let mut report = ReloadReport {
+            added,
+            removed,
+            changed,
+            ..ReloadReport::default()
+        };
+        for name in new.tasks.keys() {
             // Defined again: its own definition again.
             self.retired.remove(name);
         }
         let live = |core: &Core, name: &str| core.tasks.values().any(|a| a.record.name == name);
-        for (name, spec) in &old.tasks {
-            if !new.tasks.contains_key(name) {
-                report.removed.push(name.clone());
-                if live(self, name) {
-                    self.retired.insert(name.clone(), Arc::clone(spec));
-                }
+        for name in &report.removed {
+            if live(self, name)
+                && let Some(spec) = old.tasks.get(name)
+            {
+                self.retired.insert(name.clone(), Arc::clone(spec));
             }
         }
         // Retired definitions nothing needs any more.
