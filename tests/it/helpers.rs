@@ -393,6 +393,28 @@ pub async fn spawn_control_plane_at(
     }
 }
 
+/// Starts the process `argv(base, port)` makes for a fresh loopback base
+/// address, trying other ports while the one picked is taken ("Address in
+/// use" among the `fail` lines); returns it with its base port and the
+/// line that said one of `ok`. Anything else that stops it is a test
+/// failure.
+pub async fn spawn_on_free_ports(
+    argv: impl Fn(&str, u16) -> Vec<String>,
+    ok: &[&str],
+    fail: &[&str],
+) -> (Logged, u16, String) {
+    loop {
+        let port = 20_000 + rand_u16() % 40_000;
+        let base = format!("tcp://127.0.0.1:{port}");
+        let (process, line) = spawn_logged(&argv(&base, port), ok, fail).await;
+        match line {
+            Ok(line) => return (process, port, line),
+            Err(line) if line.contains("Address in use") => {}
+            Err(line) => panic!("it did not start: {line}\n{}", process.stderr()),
+        }
+    }
+}
+
 /// A process whose stderr is kept, line by line, as it runs.
 pub struct Logged {
     pub child: tokio::process::Child,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{BIN, Fixture, assert_contains, rand_u16, spawn_logged, wait_for};
+use crate::helpers::{BIN, Fixture, assert_contains, spawn_logged, spawn_on_free_ports, wait_for};
 use crate::python_client::compat_python_or_skip;
 
 const MODULE: &str = r#"
@@ -90,23 +90,14 @@ async fn a_fastworker_task_module_runs_unchanged() {
         v.extend(extra.iter().map(|s| (*s).to_owned()));
         v
     };
-    // Fresh ports, tried again when taken.
-    let (cp, ready, base, discovery) = loop {
-        let port = 20_000 + rand_u16() % 40_000;
-        let base = format!("tcp://127.0.0.1:{port}");
-        let discovery = format!("tcp://127.0.0.1:{}", port + 6);
-        let (cp, ready) = spawn_logged(
-            &argv(&base, &discovery, &[]),
-            &["ready"],
-            &["cannot start", "error"],
-        )
-        .await;
-        match ready {
-            Err(line) if line.contains("Address in use") => continue,
-            ready => break (cp, ready, base, discovery),
-        }
-    };
-    let ready = ready.expect("ready");
+    let discovery_of = |port: u16| format!("tcp://127.0.0.1:{}", port + 6);
+    let (cp, port, ready) = spawn_on_free_ports(
+        |base, port| argv(base, &discovery_of(port), &[]),
+        &["ready"],
+        &["cannot start", "error"],
+    )
+    .await;
+    let (base, discovery) = (format!("tcp://127.0.0.1:{port}"), discovery_of(port));
     assert_contains(&ready, "3 tasks from task modules mytasks");
 
     // FastWorker's own client, unchanged.

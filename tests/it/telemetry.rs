@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::Value;
 
-use crate::helpers::{BIN, Fixture, assert_contains, rand_u16, spawn_logged, wait_for};
+use crate::helpers::{BIN, Fixture, assert_contains, spawn_logged, spawn_on_free_ports, wait_for};
 
 const MANIFEST: &str = r#"
 [tasks.flaky]
@@ -110,18 +110,15 @@ fn text(span: &Span, key: &str) -> String {
 async fn a_task_on_a_subworker_with_a_retry_is_one_trace() {
     let (endpoint, got, server) = receiver().await;
     let fx = Fixture::new(MANIFEST);
-    // Fresh ports, tried again when taken.
-    let (cp, base) = loop {
-        let port = 20_000 + rand_u16() % 40_000;
-        let base = format!("tcp://127.0.0.1:{port}");
-        let argv: Vec<String> = [
+    let argv = |base: &str, _port: u16| -> Vec<String> {
+        [
             "env",
             "OTEL_METRIC_EXPORT_INTERVAL=500",
             "OTEL_SERVICE_NAME=fw-test",
             BIN,
             "control-plane",
             "--base-address",
-            &base,
+            base,
             "--discovery-address",
             &format!("ipc://{}", fx.path("disc").display()),
             "--manifest",
@@ -139,21 +136,15 @@ async fn a_task_on_a_subworker_with_a_retry_is_one_trace() {
             "fastworker=debug",
         ]
         .map(str::to_owned)
-        .to_vec();
-        let (cp, ready) = spawn_logged(
-            &argv,
-            &["\"message\":\"control plane ready\""],
-            &["cannot start"],
-        )
-        .await;
-        match ready {
-            Err(line) if line.contains("Address in use") => continue,
-            ready => {
-                ready.expect("ready");
-                break (cp, base);
-            }
-        }
+        .to_vec()
     };
+    let (cp, port, _) = spawn_on_free_ports(
+        argv,
+        &["\"message\":\"control plane ready\""],
+        &["cannot start"],
+    )
+    .await;
+    let base = format!("tcp://127.0.0.1:{port}");
     let (sw, ready) = spawn_logged(
         &[
             BIN,
