@@ -66,8 +66,13 @@ impl Core {
         }
         report.kept_for_accepted = self.retired.keys().cloned().collect();
         report.kept_for_accepted.sort();
+        // A removed type's pool stays while its accepted tasks still run
+        // with the definition it runs.
+        let retired = &self.retired;
         report.pools_replaced = self.executor.retire_pools(|name, running| {
-            new.task(name).is_some_and(|spec| spec.runs_like(running))
+            new.task(name)
+                .or_else(|| retired.get(name))
+                .is_some_and(|spec| spec.runs_like(running))
         });
         tracing::info!(
             added = report.added.len(),
