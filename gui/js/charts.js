@@ -43,7 +43,8 @@ export class Chart {
     if (typeof window.uPlot !== 'function') return;
     const axis = css('--muted');
     const grid = css('--grid');
-    const series = [{}];
+    const clock = window.uPlot.fmtDate('{HH}:{mm}:{ss}');
+    const series = [{ label: 'time', value: (u, v, si, idx) => (idx === null || idx === undefined ? 'latest' : clock(new Date(v * 1000))) }];
     for (const s of this.opts.series) {
       const color = css(s.color);
       const o = {
@@ -51,8 +52,10 @@ export class Chart {
         stroke: color,
         width: s.width ?? 1.5,
         spanGaps: false,
-        points: { show: false },
-        value: (u, v) => (v === null || v === undefined ? '—' : fmtTick(v)),
+        // A lone point (the first minute of history) has no line to draw.
+        points: { show: (u, si, i0, i1) => i1 - i0 < 2, size: 5 },
+        // Off the chart, the legend shows the latest values, not dashes.
+        value: (u, v, si, idx) => fmtTick(idx === null || idx === undefined ? latest(u.data[si]) : v) || '—',
       };
       if (s.fill) o.fill = withAlpha(color, s.fillAlpha ?? 0.16);
       if (s.dash) o.dash = s.dash;
@@ -96,6 +99,14 @@ export class Chart {
     if (this.plot) this.plot.destroy();
     this.plot = null;
   }
+}
+
+/** The last value of a column that is not a gap. */
+function latest(col) {
+  for (let i = (col ? col.length : 0) - 1; i >= 0; i--) {
+    if (col[i] !== null && col[i] !== undefined) return col[i];
+  }
+  return null;
 }
 
 function withAlpha(color, a) {

@@ -372,7 +372,11 @@ async function main() {
 
   await step('themes: light and dark screenshots of the dashboard and a task', async () => {
     const theme = () => page.evaluate(() => document.documentElement.dataset.theme);
-    const shoot = async (name) => { await page.screenshot({ path: path.join(SHOTS, name), fullPage: true }); };
+    // Toasts of earlier steps would cover the page: close them first.
+    const shoot = async (name) => {
+      await page.$$eval('.toast-close', (bs) => bs.forEach((b) => b.click()));
+      await page.screenshot({ path: path.join(SHOTS, name), fullPage: true });
+    };
     await go('#/');
     await page.waitForSelector(`${tid('chart-throughput')} canvas`);
     if ((await theme()) !== 'light') await page.click(tid('theme-toggle'));

@@ -91,9 +91,12 @@ export function mount(root, params, scope) {
 
   function drawLive() {
     // Per-second counts are spiky; a trailing 5 s average reads better.
+    // The whole window the card names, not just the seconds seen so far.
+    const now = Date.now() / 1000;
+    const span = [now - LIVE_KEEP, now];
     const [x, ok, bad] = thr.data();
-    thrChart.setData([x, avg(ok, 5), avg(bad, 5)]);
-    qChart.setData(q.data());
+    thrChart.setData([x, avg(ok, 5), avg(bad, 5)], span);
+    qChart.setData(q.data(), span);
   }
   function drawHistory() {
     const now = Date.now() / 1000;

@@ -18,7 +18,7 @@ function when(iso) {
 
 function exitText(a) {
   if (!a.exit) return null;
-  if (a.exit.code !== undefined && a.exit.code !== null) return `exit code ${a.exit.code}`;
+  if (a.exit.code !== undefined && a.exit.code !== null) return `code ${a.exit.code}`;
   if (a.exit.signal !== undefined && a.exit.signal !== null) return `signal ${a.exit.signal}`;
   return JSON.stringify(a.exit);
 }
