@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::Sources;
+use crate::control_plane::reload::{ManifestCell, Reloader};
 use crate::manifest::{Manifest, ManifestError, Origin};
 
 /// How long the files must stay quiet before a `--watch` reload (an editor
@@ -43,41 +44,90 @@ pub fn loader(sources: &Sources) -> crate::control_plane::reload::Load {
     crate::control_plane::reload::Load(Arc::new(move || load_checked(&sources)))
 }
 
-/// The task names of a reload's outcome: `1 added (x), 0 removed, 0 changed`.
-pub fn describe_tasks(report: &crate::control_plane::ReloadReport) -> String {
-    let list = |names: &[String]| {
-        if names.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", names.join(", "))
-        }
-    };
-    format!(
-        "{} added{}, {} removed{}, {} changed{}",
-        report.added.len(),
-        list(&report.added),
-        report.removed.len(),
-        list(&report.removed),
-        report.changed.len(),
-        list(&report.changed),
-    )
+/// Prints a refused reload: every problem, one a line.
+fn refused(who: &str, problems: &[String]) {
+    eprintln!("fastworker {who}: reload refused, the manifest stays as it was:");
+    for problem in problems {
+        eprintln!("  {problem}");
+    }
 }
 
-/// A reload's outcome, as the log and `fastworker reload` say it.
-pub fn describe(report: &crate::control_plane::ReloadReport) -> String {
-    let mut text = format!(
-        "{}; {} warm pool{} replaced",
-        describe_tasks(report),
-        report.pools_replaced,
-        if report.pools_replaced == 1 { "" } else { "s" },
-    );
-    if !report.kept_for_accepted.is_empty() {
-        text.push_str(&format!(
-            "; tasks already accepted of {} run with their old definition",
-            report.kept_for_accepted.join(", ")
-        ));
-    }
-    text
+/// A control plane's reloads: `SIGHUP` and, with `watch`, a change of its
+/// files reload through `reloader`; every reload's outcome, whatever asked
+/// for it (`fastworker reload` too), is printed, and a watcher follows the
+/// files the new manifest names. Installed (SIGHUP included) when this
+/// returns.
+pub fn control_plane(
+    reloader: Arc<Reloader>,
+    cell: ManifestCell,
+    manifest: &Manifest,
+    watch: bool,
+) {
+    let (mut triggers, refresh) = triggers(manifest, watch);
+    let mut outcomes = reloader.outcomes();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match outcomes.recv().await {
+                Ok(outcome) => match &*outcome {
+                    Ok(report) => {
+                        eprintln!("fastworker control plane: manifest reloaded: {report}");
+                        if let Some(refresh) = &refresh {
+                            let _ = refresh.send(cell.get()).await;
+                        }
+                    }
+                    Err(problems) => refused("control plane", problems),
+                },
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while triggers.recv().await.is_some() {
+            let _ = reloader.reload().await;
+        }
+    });
+}
+
+/// A subworker's reloads (`SIGHUP`, and with `watch` a change of its
+/// files): each manifest that loads and checks comes out of the returned
+/// channel, for the subworker to register again with; what changed, or why
+/// nothing did, is printed. Installed when this returns.
+pub fn subworker(
+    sources: &Sources,
+    manifest: &Arc<Manifest>,
+    watch: bool,
+) -> mpsc::Receiver<Arc<Manifest>> {
+    let (reloaded, reloads) = mpsc::channel(2);
+    let (mut triggers, refresh) = triggers(manifest, watch);
+    let sources = sources.clone();
+    let mut current = Arc::clone(manifest);
+    tokio::spawn(async move {
+        while triggers.recv().await.is_some() {
+            let load = sources.clone();
+            match tokio::task::spawn_blocking(move || load_checked(&load)).await {
+                Ok(Ok(manifest)) => {
+                    let manifest = Arc::new(manifest);
+                    eprintln!(
+                        "fastworker subworker: manifest reloaded: {} tasks: {}; registering again with them",
+                        manifest.tasks.len(),
+                        manifest.changes_from(&current)
+                    );
+                    current = Arc::clone(&manifest);
+                    if let Some(refresh) = &refresh {
+                        let _ = refresh.send(Arc::clone(&manifest)).await;
+                    }
+                    if reloaded.send(manifest).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(problems)) => refused("subworker", &problems),
+                Err(e) => eprintln!("fastworker subworker: the reload failed: {e}"),
+            }
+        }
+    });
+    reloads
 }
 
 /// The files whose change reloads: the manifest file, and each task
@@ -98,7 +148,7 @@ fn watched(manifest: &Manifest) -> BTreeSet<PathBuf> {
 /// Sends `()` on every `SIGHUP` and, with `watch`, once the watched files
 /// have changed and been quiet for [`QUIET`]. The manifest as loaded at
 /// start names the files; `refresh` (after each reload) names them again.
-pub fn triggers(
+fn triggers(
     manifest: &Manifest,
     watch: bool,
 ) -> (mpsc::Receiver<()>, Option<mpsc::Sender<Arc<Manifest>>>) {

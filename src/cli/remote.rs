@@ -246,7 +246,8 @@ pub async fn list(args: &ListArgs) -> CliResult {
     Ok(())
 }
 
-/// `fastworker workers`: the control plane's own slots and each subworker.
+/// `fastworker reload`: the control plane loads its manifest again; what
+/// changed, or every problem.
 pub async fn reload(args: &WorkersArgs) -> CliResult {
     let client = connect(&args.connect).await?;
     let reply = client
@@ -255,12 +256,8 @@ pub async fn reload(args: &WorkersArgs) -> CliResult {
         .map_err(|e| CliError::unreachable(&e, &args.connect))?;
     if args.json {
         println!("{}", serde_json::to_string(&reply).unwrap_or_default());
-    } else if let Some(report) = reply
-        .report
-        .as_ref()
-        .and_then(|r| serde_json::from_value::<crate::control_plane::ReloadReport>(r.clone()).ok())
-    {
-        println!("reloaded: {}", super::reload::describe(&report));
+    } else if let Some(report) = &reply.report {
+        println!("reloaded: {report}");
     }
     if reply.reloaded {
         Ok(())

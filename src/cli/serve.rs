@@ -289,48 +289,7 @@ pub async fn subworker(sources: &super::Sources, args: SubworkerArgs) -> CliResu
     let concurrency = config.concurrency;
     let first = std::sync::atomic::AtomicBool::new(true);
     // SIGHUP (and --watch) reload the manifest; a bad one changes nothing.
-    let (reload_tx, reloads) = tokio::sync::mpsc::channel(2);
-    let (mut triggers, refresh) = super::reload::triggers(&manifest, args.watch);
-    let loading = sources.clone();
-    let mut current = Arc::clone(&manifest);
-    tokio::spawn(async move {
-        while triggers.recv().await.is_some() {
-            let sources = loading.clone();
-            match tokio::task::spawn_blocking(move || super::reload::load_checked(&sources)).await {
-                Ok(Ok(manifest)) => {
-                    let manifest = Arc::new(manifest);
-                    let (added, removed, changed) = manifest.changes_from(&current);
-                    let report = crate::control_plane::ReloadReport {
-                        added,
-                        removed,
-                        changed,
-                        ..Default::default()
-                    };
-                    eprintln!(
-                        "fastworker subworker: manifest reloaded: {} tasks: {}; registering again with them",
-                        manifest.tasks.len(),
-                        super::reload::describe_tasks(&report)
-                    );
-                    current = Arc::clone(&manifest);
-                    if let Some(refresh) = &refresh {
-                        let _ = refresh.send(Arc::clone(&manifest)).await;
-                    }
-                    if reload_tx.send(manifest).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Err(problems)) => {
-                    eprintln!(
-                        "fastworker subworker: reload refused, the manifest stays as it was:"
-                    );
-                    for problem in problems {
-                        eprintln!("  {problem}");
-                    }
-                }
-                Err(e) => eprintln!("fastworker subworker: the reload failed: {e}"),
-            }
-        }
-    });
+    let reloads = super::reload::subworker(sources, &manifest, args.watch);
     let ended = crate::subworker::run(config, Arc::clone(&manifest), reloads, shutdown, force, |manage, reply| {
         let again = !first.swap(false, std::sync::atomic::Ordering::Relaxed);
         eprintln!(
@@ -594,43 +553,8 @@ pub async fn control_plane(sources: &super::Sources, args: ControlPlaneArgs) -> 
     };
     // Reloads are taken (SIGHUP included) before it says it is ready.
     if let Some(reloader) = running.reloader.clone() {
-        let (mut triggers, refresh) = super::reload::triggers(&manifest, args.watch);
-        // Every reload is reported here, whatever asked for it.
-        let mut outcomes = reloader.outcomes();
         let cell = running.sockets.manifest.clone();
-        tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match outcomes.recv().await {
-                    Ok(outcome) => match &*outcome {
-                        Ok(report) => {
-                            eprintln!(
-                                "fastworker control plane: manifest reloaded: {}",
-                                super::reload::describe(report)
-                            );
-                            if let Some(refresh) = &refresh {
-                                let _ = refresh.send(cell.get()).await;
-                            }
-                        }
-                        Err(problems) => {
-                            eprintln!(
-                                "fastworker control plane: reload refused, the manifest stays as it was:"
-                            );
-                            for problem in problems {
-                                eprintln!("  {problem}");
-                            }
-                        }
-                    },
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-        tokio::spawn(async move {
-            while triggers.recv().await.is_some() {
-                let _ = reloader.reload().await;
-            }
-        });
+        super::reload::control_plane(reloader, cell, &manifest, args.watch);
     }
     eprintln!(
         "fastworker control plane '{}' ready: submits on {} … {}, queries on {}, announced on {}; {} tasks from {}, concurrency {}; {journal}; {gui_line}",

@@ -43,7 +43,7 @@ pub enum Event {
         reason: Forget,
     },
     /// A new manifest was applied.
-    Reloaded(Box<super::core::ReloadReport>),
+    Reloaded(Box<crate::protocol::ReloadReport>),
 }
 
 /// Why finished tasks' records were dropped.

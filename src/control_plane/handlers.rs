@@ -355,7 +355,7 @@ pub async fn query(cx: Arc<Context>, request: Request) -> Vec<u8> {
             Some(reloader) => match reloader.reload().await {
                 Ok(report) => protocol::ReloadReply {
                     reloaded: true,
-                    report: Some(serde_json::to_value(report).unwrap_or_default()),
+                    report: Some(report),
                     errors: Vec::new(),
                 },
                 Err(errors) => protocol::ReloadReply {

@@ -26,8 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::callbacks::CallbackPolicy;
 pub use self::core::{
-    Acceptance, Command, Due, Lane, NewTask, Queued, Queues, Refused, ReloadReport, Stats, Timed,
-    Visit,
+    Acceptance, Command, Due, Lane, NewTask, Queued, Queues, Refused, Stats, Timed, Visit,
 };
 pub use self::handlers::CoreHandle;
 pub use self::queue::{DispatchQueue, Waiting};

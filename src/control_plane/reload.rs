@@ -11,8 +11,9 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{Mutex, broadcast, mpsc};
 
 use super::CoreHandle;
-use super::core::{Command, ReloadReport};
+use super::core::Command;
 use crate::manifest::Manifest;
+use crate::protocol::ReloadReport;
 use crate::schedule::Schedule;
 
 /// Loads and checks the manifest (its file and task modules), as at start.

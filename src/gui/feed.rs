@@ -210,7 +210,7 @@ pub struct Data<'a> {
     leases_lost: Option<usize>,
     /// What a reload changed (`manifest.reloaded`).
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
-    reload: Option<&'a crate::control_plane::ReloadReport>,
+    reload: Option<&'a crate::protocol::ReloadReport>,
 }
 
 /// Times to the millisecond (RFC 3339): a stream sends many.

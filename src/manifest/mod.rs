@@ -251,9 +251,7 @@ impl TaskSpec {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
-}
 
-impl TaskSpec {
     /// Whether a warm process started for `self` runs `other` the same way:
     /// the same program, arguments, environment, directory, code, pool
     /// settings and limits. A reload keeps such a pool's processes.
@@ -379,26 +377,60 @@ const NO_MANIFEST: &str = "(task modules)";
 
 pub use self::resolve::TaskModules;
 
+/// The tasks one manifest adds, removes and changes against another, by
+/// name (see [`Manifest::changes_from`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// `1 added (resize), 0 removed, 1 changed (add)`.
+impl fmt::Display for Changes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let part = |f: &mut fmt::Formatter<'_>, n: &[String], what: &str| {
+            write!(f, "{} {what}", n.len())?;
+            if !n.is_empty() {
+                write!(f, " ({})", n.join(", "))?;
+            }
+            Ok(())
+        };
+        part(f, &self.added, "added")?;
+        f.write_str(", ")?;
+        part(f, &self.removed, "removed")?;
+        f.write_str(", ")?;
+        part(f, &self.changed, "changed")
+    }
+}
+
 impl Manifest {
     /// What differs from `old` to this manifest: the tasks added, removed
     /// and changed (in any way that matters, not where they are written).
-    pub fn changes_from(&self, old: &Manifest) -> (Vec<String>, Vec<String>, Vec<String>) {
-        let mut added = Vec::new();
-        let mut changed = Vec::new();
+    pub fn changes_from(&self, old: &Manifest) -> Changes {
+        let mut changes = Changes::default();
         for (name, spec) in &self.tasks {
             match old.tasks.get(name) {
-                None => added.push(name.clone()),
-                Some(before) if before.differs_from(spec, &self.dir) => changed.push(name.clone()),
+                None => changes.added.push(name.clone()),
+                Some(before) if before.differs_from(spec, &self.dir) => {
+                    changes.changed.push(name.clone());
+                }
                 Some(_) => {}
             }
         }
-        let removed = old
+        changes.removed = old
             .tasks
             .keys()
             .filter(|name| !self.tasks.contains_key(*name))
             .cloned()
             .collect();
-        (added, removed, changed)
+        changes
     }
 
     /// Loads the manifest named by `explicit`, else by `FASTWORKER_MANIFEST`,

@@ -384,14 +384,48 @@ pub struct ScheduleList {
     pub schedules: Vec<Value>,
 }
 
-/// fastworker extension: the reply to `{"action": "reload"}`: what changed
-/// (`added`, `removed`, `changed`, `pools_replaced`, `kept_for_accepted`),
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The tasks added, removed and changed (`added`, `removed`, `changed`
+    /// on the wire).
+    #[serde(flatten)]
+    pub tasks: crate::manifest::Changes,
+    /// Warm pools replaced (their definition changed, or the type went).
+    pub pools_replaced: usize,
+    /// Removed types whose accepted tasks still wait or run.
+    pub kept_for_accepted: Vec<String>,
+}
+
+/// `1 added (x), 0 removed, 0 changed; 1 warm pool replaced`, and the
+/// removed types whose accepted tasks still run.
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.pools_replaced;
+        write!(
+            f,
+            "{}; {n} warm pool{} replaced",
+            self.tasks,
+            if n == 1 { "" } else { "s" }
+        )?;
+        if !self.kept_for_accepted.is_empty() {
+            write!(
+                f,
+                "; tasks already accepted of {} run with their old definition",
+                self.kept_for_accepted.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// fastworker extension: the reply to `{"action": "reload"}`: what changed,
 /// or why nothing did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadReply {
     pub reloaded: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<Value>,
+    pub report: Option<ReloadReport>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }

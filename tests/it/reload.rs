@@ -197,7 +197,7 @@ async fn reloading_plane(fx: &Fixture, concurrency: usize) -> TestControlPlane {
 async fn reload(cp: &TestControlPlane) -> Value {
     let reply = cp.client.reload().await.expect("reload");
     assert!(reply.reloaded, "reload refused: {:?}", reply.errors);
-    reply.report.expect("a report")
+    serde_json::to_value(reply.report.expect("a report")).expect("JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

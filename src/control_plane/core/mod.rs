@@ -31,7 +31,6 @@ mod runs;
 mod tests;
 mod views;
 
-pub use self::reload::ReloadReport;
 pub use self::views::{Due, Lane, Queued, Queues, Refused, Timed, Visit};
 
 use std::collections::BTreeSet;
@@ -177,7 +176,7 @@ pub enum Command {
     /// Applies a new manifest, loaded and checked (see [`reload`]).
     Reload {
         manifest: Arc<Manifest>,
-        respond: oneshot::Sender<ReloadReport>,
+        respond: oneshot::Sender<crate::protocol::ReloadReport>,
     },
 }
 

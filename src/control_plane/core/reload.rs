@@ -11,35 +11,15 @@ use std::sync::Arc;
 use super::Core;
 use crate::control_plane::events::Event;
 use crate::manifest::Manifest;
-
-/// What a reload changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ReloadReport {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<String>,
-    /// Warm pools replaced (their definition changed, or the type went).
-    pub pools_replaced: usize,
-    /// Removed types whose accepted tasks still wait or run.
-    pub kept_for_accepted: Vec<String>,
-}
-
-impl ReloadReport {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
-    }
-}
+use crate::protocol::ReloadReport;
 
 impl Core {
     pub(super) fn reload(&mut self, new: Arc<Manifest>) -> ReloadReport {
         let old = std::mem::replace(&mut self.manifest, Arc::clone(&new));
         let ours = |name: &str| new.task(name).map(|spec| spec.digest(&new.dir));
         self.workers.recheck(ours);
-        let (added, removed, changed) = new.changes_from(&old);
         let mut report = ReloadReport {
-            added,
-            removed,
-            changed,
+            tasks: new.changes_from(&old),
             ..ReloadReport::default()
         };
         for name in new.tasks.keys() {
@@ -47,7 +27,7 @@ impl Core {
             self.retired.remove(name);
         }
         let live = |core: &Core, name: &str| core.tasks.values().any(|a| a.record.name == name);
-        for name in &report.removed {
+        for name in &report.tasks.removed {
             if live(self, name)
                 && let Some(spec) = old.tasks.get(name)
             {
@@ -75,12 +55,12 @@ impl Core {
                 .is_some_and(|spec| spec.runs_like(running))
         });
         tracing::info!(
-            added = report.added.len(),
-            removed = report.removed.len(),
-            changed = report.changed.len(),
+            added = report.tasks.added.len(),
+            removed = report.tasks.removed.len(),
+            changed = report.tasks.changed.len(),
             pools_replaced = report.pools_replaced,
             "manifest reloaded{}",
-            if report.is_empty() {
+            if report.tasks.is_empty() {
                 " (nothing changed)"
             } else {
                 ""
