@@ -957,12 +957,12 @@ REQUEST_VARS = (
 )
 
 
-# What trace_context last put in os.environ, by variable (a variable not
+# What request_environment last put in os.environ, by variable (a variable not
 # here has not been set by it yet).
 _request_env = {}
 
 
-def trace_context(request):
+def request_environment(request):
     """Puts the request's task id, name and attempt number and its W3C trace
     context in os.environ (FASTWORKER_TASK_ID, FASTWORKER_TASK_NAME,
     FASTWORKER_ATTEMPT, TRACEPARENT, TRACESTATE) for the call, as a one-shot
@@ -990,7 +990,7 @@ def trace_context(request):
 
 def run_one(target, request):
     """Calls the task; returns ("ok", json_text) or ("error", error_dict)."""
-    trace_context(request)
+    request_environment(request)
     try:
         result = target.call(request)
     except TaskLoadError as exc:

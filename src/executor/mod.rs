@@ -118,10 +118,13 @@ impl Executor {
     /// The warm pool of a pool-mode task, created on first use.
     pub fn pool(&self, spec: &Arc<TaskSpec>) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools
-            .entry(spec.name.clone())
-            .or_insert_with(|| self.new_pool(spec))
-            .clone()
+        // Looked up by reference first: a run on a warm pool allocates nothing here.
+        if let Some(pool) = pools.get(&spec.name) {
+            return Arc::clone(pool);
+        }
+        let pool = self.new_pool(spec);
+        pools.insert(spec.name.clone(), Arc::clone(&pool));
+        pool
     }
 
     /// The task's pool, if its processes run `spec` (none: a reload has

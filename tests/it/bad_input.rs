@@ -8,23 +8,12 @@ use std::time::Duration;
 use fastworker::protocol::Status;
 use serde_json::json;
 
-use crate::helpers::{Fixture, spawn_control_plane_with, wire_task};
+use crate::helpers::{Fixture, memory, spawn_control_plane_with, wire_task};
 
 const MANIFEST: &str = r#"
 [tasks.eight]
 command = ["sh", "-c", "cat > /dev/null; echo 8"]
 "#;
-
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
 
 /// Malformed messages: (what, bytes).
 fn bad_messages() -> Vec<(&'static str, Vec<u8>)> {
@@ -148,7 +137,7 @@ async fn every_port_answers_bad_input_and_memory_comes_back() {
             .result,
         json!(8)
     );
-    let before = rss(pid);
+    let before = memory(&pid.to_string(), "VmRSS");
     let messages = bad_messages();
     for round in 0..3 {
         for offset in 0..6u16 {
@@ -178,7 +167,7 @@ async fn every_port_answers_bad_input_and_memory_comes_back() {
                 .is_err()
         );
     }
-    let after = rss(pid);
+    let after = memory(&pid.to_string(), "VmRSS");
     eprintln!(
         "{} kinds of bad input × 6 ports × 3 rounds; RSS {:.1} MiB before, {:.1} MiB after",
         messages.len(),

@@ -15,64 +15,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::helpers::{BIN, REPO};
-
-/// Why the browser test cannot run here, if it cannot.
-pub(crate) fn missing() -> Option<String> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
-    if !Path::new(&chromium).exists() {
-        return Some(format!(
-            "no Chromium at {chromium} (apt-get install chromium)"
-        ));
-    }
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    match node {
-        None => Some("no node on PATH (Node ≥ 20 runs the browser test)".to_owned()),
-        Some(v) => {
-            let major: u32 = v
-                .trim_start_matches('v')
-                .split('.')
-                .next()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0);
-            (major < 20).then(|| format!("node {v} is older than 20"))
-        }
-    }
-}
-
-/// `npm ci` in tests/browser, once, when its packages (Playwright, and
-/// Taplo for the schema test) are missing.
-pub(crate) fn install(dir: &Path) -> Result<(), String> {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    if ["playwright-core", "@taplo/cli"].iter().all(|p| {
-        dir.join("node_modules")
-            .join(p)
-            .join("package.json")
-            .exists()
-    }) {
-        return Ok(());
-    }
-    let out = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("cannot run npm: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "npm ci in {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
+use crate::helpers::{BIN, REPO, browser_tools};
 
 /// Kills the test's process group (node, the control plane it started,
 /// the browser) when the test ends, however it ends.
@@ -89,20 +32,9 @@ impl Drop for Group {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gui_works_in_a_real_browser() {
-    let required = std::env::var_os("FASTWORKER_REQUIRE_BROWSER").is_some();
-    if let Some(why) = missing() {
-        assert!(!required, "the browser test cannot run: {why}");
-        eprintln!(
-            "SKIPPED the browser test: {why} (set FASTWORKER_REQUIRE_BROWSER to make this a failure)"
-        );
+    let Some(dir) = browser_tools("the browser test") else {
         return;
-    }
-    let dir = Path::new(REPO).join("tests/browser");
-    if let Err(e) = install(&dir) {
-        assert!(!required, "{e}");
-        eprintln!("SKIPPED the browser test: {e}");
-        return;
-    }
+    };
     let scratch = tempfile::tempdir().expect("temp dir");
     let shots = Path::new(REPO).join("target/gui-screenshots");
     let mut child = tokio::process::Command::new("node")

@@ -278,6 +278,18 @@ impl Drop for TestControlPlane {
     }
 }
 
+/// A memory figure of a process from `/proc/PID/status` (`"self"` for this
+/// one), in bytes: `VmRSS` (resident now) or `VmHWM` (its peak).
+pub fn memory(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+        * 1024
+}
+
 /// A random number, good enough to spread test ports.
 pub fn rand_u16() -> u16 {
     let bytes = uuid::Uuid::new_v4().into_bytes();
@@ -533,4 +545,84 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// `tests/browser`, with its npm packages (Playwright, Taplo) installed,
+/// when Chromium and Node ≥ 20 are here; else `None` after saying that
+/// `what` is skipped, or a failure when `FASTWORKER_REQUIRE_BROWSER` is set
+/// (CI sets it).
+pub fn browser_tools(what: &str) -> Option<PathBuf> {
+    let required = std::env::var_os("FASTWORKER_REQUIRE_BROWSER").is_some();
+    let dir = Path::new(REPO).join("tests/browser");
+    let ready = match missing() {
+        Some(why) => Err(why),
+        None => install(&dir),
+    };
+    match ready {
+        Ok(()) => Some(dir),
+        Err(why) => {
+            assert!(!required, "{what} cannot run: {why}");
+            eprintln!(
+                "SKIPPED {what}: {why} (set FASTWORKER_REQUIRE_BROWSER to make this a failure)"
+            );
+            None
+        }
+    }
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn missing() -> Option<String> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    if !Path::new(&chromium).exists() {
+        return Some(format!(
+            "no Chromium at {chromium} (apt-get install chromium)"
+        ));
+    }
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match node {
+        None => Some("no node on PATH (Node ≥ 20 runs the browser test)".to_owned()),
+        Some(v) => {
+            let major: u32 = v
+                .trim_start_matches('v')
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            (major < 20).then(|| format!("node {v} is older than 20"))
+        }
+    }
+}
+
+/// `npm ci` in tests/browser, once, when its packages (Playwright, and
+/// Taplo for the schema test) are missing.
+fn install(dir: &Path) -> Result<(), String> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if ["playwright-core", "@taplo/cli"].iter().all(|p| {
+        dir.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    }) {
+        return Ok(());
+    }
+    let out = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "npm ci in {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }

@@ -11,7 +11,7 @@ use fastworker::transport::Requester;
 use serde_json::json;
 
 use crate::helpers::{
-    Fixture, TestControlPlane, assert_contains, json_attempts, spawn_control_plane_with,
+    Fixture, TestControlPlane, assert_contains, json_attempts, memory, spawn_control_plane_with,
     wait_for_async, wire_task,
 };
 
@@ -26,17 +26,6 @@ command = ["sh", "-c", "cat > /dev/null; echo 8"]
 description = "a result of N bytes"
 command = ["python3", "-c", "import json,sys; n=json.load(sys.stdin)['args'][0]; print(json.dumps('x'*n))"]
 "#;
-
-/// Peak resident memory of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
-        * 1024
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_over_the_limit_is_never_read_into_memory() {
@@ -53,7 +42,7 @@ async fn a_message_over_the_limit_is_never_read_into_memory() {
             .result,
         json!(8)
     );
-    let before = peak_rss(pid);
+    let before = memory(&pid.to_string(), "VmHWM");
     // 200 MB in one message, three times over.
     let port: u16 = base
         .rsplit(':')
@@ -70,7 +59,7 @@ async fn a_message_over_the_limit_is_never_read_into_memory() {
         .await;
         assert!(sent.is_err(), "no reply to a message over the limit");
     }
-    let after = peak_rss(pid);
+    let after = memory(&pid.to_string(), "VmHWM");
     eprintln!(
         "three 200 MB messages over a 1 MiB limit: peak RSS {:.1} MiB before, {:.1} MiB after",
         before as f64 / 1048576.0,

@@ -7,7 +7,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    Fixture, KillOnDrop, assert_contains, process_alive, read_pid, request, run_once, wait_for,
+    Fixture, KillOnDrop, assert_contains, memory, process_alive, read_pid, request, run_once,
+    wait_for,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,17 +225,6 @@ async fn cancel_stops_the_process_group() {
     assert!(wait_for(Duration::from_secs(5), || !process_alive(pid)).await);
 }
 
-/// Peak resident memory of this test process, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
-        * 1024
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_100_mb_stdout_flood_stops_at_the_cap_with_bounded_memory() {
     let fx = Fixture::new(
@@ -242,9 +232,9 @@ async fn a_100_mb_stdout_flood_stops_at_the_cap_with_bounded_memory() {
     );
     let spec = fx.spec("flood");
     assert_eq!(spec.max_output, 16 * 1024 * 1024, "the default cap");
-    let before = peak_rss();
+    let before = memory("self", "VmHWM");
     let e = run_once(&spec, vec![]).await;
-    let grown = peak_rss().saturating_sub(before);
+    let grown = memory("self", "VmHWM").saturating_sub(before);
     assert_eq!(
         e.outcome,
         Outcome::OutputTooLarge {

@@ -269,19 +269,9 @@ fn the_starter_keeps_the_shapes_of_the_example() {
 /// with its line.
 #[test]
 fn taplo_checks_a_manifest_against_the_schema_line() {
-    let required = std::env::var_os("FASTWORKER_REQUIRE_BROWSER").is_some();
-    let node_dir = Path::new(REPO).join("tests/browser");
-    let ready = match crate::gui_browser::missing() {
-        Some(why) => Err(why),
-        None => crate::gui_browser::install(&node_dir),
-    };
-    if let Err(why) = ready {
-        assert!(!required, "the Taplo test cannot run: {why}");
-        eprintln!(
-            "SKIPPED the Taplo test: {why} (set FASTWORKER_REQUIRE_BROWSER to make this a failure)"
-        );
+    let Some(node_dir) = crate::helpers::browser_tools("the Taplo test") else {
         return;
-    }
+    };
     let taplo = node_dir.join("node_modules/.bin/taplo");
     let dir = fastworker_init_dir();
     let check = || {
