@@ -198,7 +198,7 @@ async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usiz
         elapsed,
         &mut lat,
     ));
-    idle(cp).await;
+    common::idle(cp).await;
     let mut lat = vec![start.elapsed()];
     rows.push(row(
         "ack-mode submit, 32 in flight: accepted and all run",
@@ -226,7 +226,7 @@ async fn submits(cp: &control_plane::ControlPlane, client: &Arc<Client>, n: usiz
         start.elapsed(),
         &mut lat,
     ));
-    idle(cp).await;
+    common::idle(cp).await;
     let mut lat = vec![start.elapsed()];
     rows.push(row(
         "batch submit: accepted and all run",
@@ -257,18 +257,6 @@ async fn cli(base: &str) {
         start.elapsed(),
         &mut lat,
     ));
-}
-
-/// Waits until nothing is queued or running.
-async fn idle(cp: &control_plane::ControlPlane) {
-    while cp
-        .core
-        .stats()
-        .await
-        .is_some_and(|s| s.running > 0 || s.queued.iter().sum::<usize>() > 0)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn row(what: &'static str, n: usize, elapsed: Duration, lat: &mut [Duration]) -> Row {

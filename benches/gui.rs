@@ -27,7 +27,7 @@ use fastworker::gui::GuiConfig;
 use fastworker::protocol::WireTask;
 use futures_util::StreamExt;
 
-use common::{concurrent, median, task};
+use common::{concurrent, task};
 
 mod common;
 
@@ -88,7 +88,7 @@ async fn bench(n: usize, rounds: usize, known: usize) {
             let blocking = n as f64 / elapsed.as_secs_f64();
             let start = Instant::now();
             concurrent(&client, n, 32, true).await;
-            idle(&cp).await;
+            common::idle(&cp).await;
             let ack = n as f64 / start.elapsed().as_secs_f64();
             let rates = if gui { &mut on } else { &mut off };
             rates[0].push(blocking);
@@ -103,17 +103,7 @@ async fn bench(n: usize, rounds: usize, known: usize) {
             cp.wait().await;
         }
     }
-    for (i, path) in paths.iter().enumerate() {
-        let ratios: Vec<f64> = on[i].iter().zip(&off[i]).map(|(a, b)| a / b).collect();
-        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        println!(
-            "| {path} | {:.0} | {:.0} | {:.2} | {} |",
-            median(&off[i]),
-            median(&on[i]),
-            median(&ratios),
-            each.join(", ")
-        );
-    }
+    common::print_ratio_rows(&paths, &on, &off);
     println!();
     println!(
         "n = {n} tasks a path a round; {rounds} rounds, GUI on and off alternating first; the stream clients read {} task and worker events ({:.1} MB) in all, {} `resync` frames",
@@ -201,17 +191,6 @@ async fn serve(
     (gui, readers)
 }
 
-/// Waits until nothing runs or waits.
-async fn idle(cp: &ControlPlane) {
-    loop {
-        let s = cp.core.stats().await.expect("stats");
-        if s.running == 0 && s.queued.iter().sum::<usize>() == 0 && s.waiting_on_timer == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -242,7 +221,7 @@ async fn list(manifest: &Arc<fastworker::manifest::Manifest>, known: usize) {
             .expect("batch");
         assert!(reply.batch_accepted, "{reply:?}");
     }
-    idle(&cp).await;
+    common::idle(&cp).await;
     let before = rss_mib();
     let start = Instant::now();
     let gui = fastworker::gui::start(

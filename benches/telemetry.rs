@@ -19,9 +19,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
 use fastworker::client::Client;
-use fastworker::control_plane::ControlPlane;
 
-use common::{concurrent, median};
+use common::concurrent;
 
 mod common;
 
@@ -29,16 +28,6 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (n, rounds) = if quick { (2000, 3) } else { (12_000, 5) };
     common::run(bench(n, rounds));
-}
-
-async fn idle(cp: &ControlPlane) {
-    loop {
-        let s = cp.core.stats().await.expect("stats");
-        if s.running == 0 && s.queued.iter().sum::<usize>() == 0 && s.waiting_on_timer == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn bench(n: usize, rounds: usize) {
@@ -98,7 +87,7 @@ async fn bench(n: usize, rounds: usize) {
             let blocking = n as f64 / elapsed.as_secs_f64();
             let start = Instant::now();
             concurrent(&client, n, 32, true).await;
-            idle(&cp).await;
+            common::idle(&cp).await;
             let ack = n as f64 / start.elapsed().as_secs_f64();
             let rates = if telemetry { &mut on } else { &mut off };
             rates[0].push(blocking);
@@ -117,17 +106,7 @@ async fn bench(n: usize, rounds: usize) {
         "| path | telemetry off (tasks/s) | on (tasks/s) | ratio (median) | ratio per round |"
     );
     println!("|---|---|---|---|---|");
-    for (i, path) in paths.iter().enumerate() {
-        let ratios: Vec<f64> = on[i].iter().zip(&off[i]).map(|(a, b)| a / b).collect();
-        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        println!(
-            "| {path} | {:.0} | {:.0} | {:.2} | {} |",
-            median(&off[i]),
-            median(&on[i]),
-            median(&ratios),
-            each.join(", ")
-        );
-    }
+    common::print_ratio_rows(&paths, &on, &off);
     println!();
     println!(
         "n = {n} tasks a path a round, {rounds} rounds; the receiver took {:.1} MB of OTLP; traces dropped for a full queue: {dropped}",

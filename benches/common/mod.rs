@@ -125,6 +125,37 @@ pub async fn concurrent(
     (start.elapsed(), lat)
 }
 
+/// Waits until the control plane has nothing queued, running or waiting on
+/// a timer. (Not every bench needs it.)
+#[allow(dead_code)]
+pub async fn idle(cp: &ControlPlane) {
+    loop {
+        let s = cp.core.stats().await.expect("stats");
+        if s.running == 0 && s.queued.iter().sum::<usize>() == 0 && s.waiting_on_timer == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The Markdown rows of an on/off comparison: per path, the median rate
+/// off and on, the median of the per-round ratios, and each round's.
+/// (Not every bench needs it.)
+#[allow(dead_code)]
+pub fn print_ratio_rows(paths: &[&str], on: &[Vec<f64>], off: &[Vec<f64>]) {
+    for (i, path) in paths.iter().enumerate() {
+        let ratios: Vec<f64> = on[i].iter().zip(&off[i]).map(|(a, b)| a / b).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "| {path} | {:.0} | {:.0} | {:.2} | {} |",
+            median(&off[i]),
+            median(&on[i]),
+            median(&ratios),
+            each.join(", ")
+        );
+    }
+}
+
 /// The middle value (the upper one of the two for an even count).
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
