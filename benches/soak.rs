@@ -341,26 +341,10 @@ async fn crash() -> Line {
     }
     // Everything ends.
     let client = Client::new(&base, Duration::from_secs(30)).expect("client");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut pending: Vec<&String> = ids.iter().collect();
-    let mut failed = 0;
-    while !pending.is_empty() && Instant::now() < deadline {
-        let mut still = Vec::new();
-        for id in pending {
-            match client.status(id).await.ok().and_then(|s| s.task) {
-                Some(t) if t.status == Status::Success => {}
-                Some(t) if t.status.is_final() => failed += 1,
-                _ => still.push(id),
-            }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let (pending, failed) = settle(&client, &ids).await;
     let took = started.elapsed();
     let seen = executions(dir.path());
-    let lost = pending.len() + failed + ids.iter().filter(|id| !seen.contains_key(*id)).count();
+    let lost = pending + failed + ids.iter().filter(|id| !seen.contains_key(*id)).count();
     // flaky tasks run twice on purpose.
     let expected = |i: usize| if i % 4 == 1 { 2 } else { 1 };
     let duplicated = ids
@@ -436,26 +420,10 @@ async fn subworker() -> Line {
     let _ = nix::sys::signal::kill(w1, nix::sys::signal::Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let _ = nix::sys::signal::kill(w1, nix::sys::signal::Signal::SIGCONT);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut pending: Vec<&String> = ids.iter().collect();
-    let mut failed = 0;
-    while !pending.is_empty() && Instant::now() < deadline {
-        let mut still = Vec::new();
-        for id in pending {
-            match client.status(id).await.ok().and_then(|s| s.task) {
-                Some(t) if t.status == Status::Success => {}
-                Some(t) if t.status.is_final() => failed += 1,
-                _ => still.push(id),
-            }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let (pending, failed) = settle(&client, &ids).await;
     let took = started.elapsed();
     let seen = executions(dir.path());
-    let lost = pending.len() + failed + ids.iter().filter(|id| !seen.contains_key(*id)).count();
+    let lost = pending + failed + ids.iter().filter(|id| !seen.contains_key(*id)).count();
     let duplicated = seen.values().filter(|n| **n > 1).count();
     let workers_list: Value =
         serde_json::to_value(client.workers().await.expect("workers").workers).expect("json");
@@ -511,4 +479,27 @@ fn main() {
             subworker().await.print();
         }
     });
+}
+
+/// Waits (10 minutes at most) until every task has ended: how many never
+/// did, and how many ended other than in success.
+async fn settle(client: &Client, ids: &[String]) -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut pending: Vec<&String> = ids.iter().collect();
+    let mut failed = 0;
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for id in pending {
+            match client.status(id).await.ok().and_then(|s| s.task) {
+                Some(t) if t.status == Status::Success => {}
+                Some(t) if t.status.is_final() => failed += 1,
+                _ => still.push(id),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    (pending.len(), failed)
 }
