@@ -95,7 +95,8 @@ impl Executor {
         let execution = match own.run(request, cancel).await {
             Ok(execution) | Err(pool::Replaced(execution)) => execution,
         };
-        own.shutdown().await;
+        // Its process stops in the background: the result need not wait.
+        tokio::spawn(async move { own.shutdown().await });
         execution
     }
 
