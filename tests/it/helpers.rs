@@ -78,6 +78,17 @@ pub async fn run_once(spec: &Arc<TaskSpec>, args: Vec<Value>) -> Execution {
     execution
 }
 
+/// Runs `fx`'s task `task` once on `executor` (whose warm pools stay).
+pub async fn run_on(executor: &Executor, fx: &Fixture, task: &str, args: Vec<Value>) -> Execution {
+    executor
+        .run(
+            &fx.spec(task),
+            &request(task, args),
+            &CancellationToken::new(),
+        )
+        .await
+}
+
 /// A record's attempts as the wire shows them (`status --json`).
 pub fn json_attempts(record: &fastworker::protocol::TaskRecord) -> Vec<Value> {
     record

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fastworker::executor::{Executor, ExitState, Outcome};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Fixture, assert_contains, process_alive, request, wait_for};
+use crate::helpers::{Fixture, assert_contains, process_alive, request, run_on, wait_for};
 
 const POOL: &str = r#"
 [runners.python]
@@ -58,18 +58,6 @@ function = "pytasks:big"
 max_output = 1000
 "#;
 
-async fn run(
-    executor: &Executor,
-    fx: &Fixture,
-    task: &str,
-    args: Vec<Value>,
-) -> fastworker::executor::Execution {
-    let spec = fx.spec(task);
-    executor
-        .run(&spec, &request(task, args), &CancellationToken::new())
-        .await
-}
-
 fn pid_result(e: &fastworker::executor::Execution) -> u32 {
     match &e.outcome {
         Outcome::Success { result } => result.as_u64().expect("pid") as u32,
@@ -81,11 +69,14 @@ fn pid_result(e: &fastworker::executor::Execution) -> u32 {
 async fn a_warm_process_serves_many_requests() {
     let fx = Fixture::new(POOL);
     let executor = Executor::new();
-    let first = pid_result(&run(&executor, &fx, "pid", vec![]).await);
+    let first = pid_result(&run_on(&executor, &fx, "pid", vec![]).await);
     for _ in 0..5 {
-        assert_eq!(pid_result(&run(&executor, &fx, "pid", vec![]).await), first);
+        assert_eq!(
+            pid_result(&run_on(&executor, &fx, "pid", vec![]).await),
+            first
+        );
     }
-    let e = run(&executor, &fx, "add", vec![json!(5), json!(3)]).await;
+    let e = run_on(&executor, &fx, "add", vec![json!(5), json!(3)]).await;
     assert_eq!(e.outcome, Outcome::Success { result: json!(8) });
     executor.shutdown().await;
     assert!(
@@ -98,7 +89,7 @@ async fn a_warm_process_serves_many_requests() {
 async fn an_exception_fails_only_its_task_and_the_process_is_kept() {
     let fx = Fixture::new(POOL);
     let executor = Executor::new();
-    let e = run(&executor, &fx, "boom", vec![json!("kaput")]).await;
+    let e = run_on(&executor, &fx, "boom", vec![json!("kaput")]).await;
     let Outcome::Failed {
         exit: None,
         error: Some(error),
@@ -116,7 +107,7 @@ async fn an_exception_fails_only_its_task_and_the_process_is_kept() {
         "runner frames are left out:\n{tb}"
     );
     let pid = e.pid.expect("pid");
-    let e = run(&executor, &fx, "boom", vec![]).await;
+    let e = run_on(&executor, &fx, "boom", vec![]).await;
     assert_eq!(e.pid, Some(pid), "the same process serves the next request");
     executor.shutdown().await;
 }
@@ -125,7 +116,7 @@ async fn an_exception_fails_only_its_task_and_the_process_is_kept() {
 async fn a_crashed_process_fails_its_task_and_is_replaced() {
     let fx = Fixture::new(POOL);
     let executor = Executor::new();
-    let e = run(&executor, &fx, "crash", vec![json!(3)]).await;
+    let e = run_on(&executor, &fx, "crash", vec![json!(3)]).await;
     assert_eq!(
         e.outcome,
         Outcome::Failed {
@@ -141,7 +132,7 @@ async fn a_crashed_process_fails_its_task_and_is_replaced() {
     assert!(e.outcome.is_retryable());
     let dead = e.pid.expect("pid");
     // The same pool (pool_size 1) serves the next request from a new process.
-    let e = run(&executor, &fx, "crash", vec![json!(0)]).await;
+    let e = run_on(&executor, &fx, "crash", vec![json!(0)]).await;
     assert_ne!(e.pid, Some(dead));
     executor.shutdown().await;
 }
@@ -152,7 +143,9 @@ async fn processes_are_recycled_after_max_tasks_per_process() {
     let executor = Executor::new();
     let mut pids = Vec::new();
     for _ in 0..5 {
-        pids.push(pid_result(&run(&executor, &fx, "recycled", vec![]).await));
+        pids.push(pid_result(
+            &run_on(&executor, &fx, "recycled", vec![]).await,
+        ));
     }
     assert_eq!(pids[0], pids[1]);
     assert_ne!(pids[1], pids[2]);
@@ -173,7 +166,7 @@ async fn processes_are_recycled_after_max_tasks_per_process() {
 async fn a_timeout_kills_and_replaces_the_process() {
     let fx = Fixture::new(POOL);
     let executor = Executor::new();
-    let e = run(&executor, &fx, "sleep", vec![json!(30)]).await;
+    let e = run_on(&executor, &fx, "sleep", vec![json!(30)]).await;
     assert_eq!(
         e.outcome,
         Outcome::Timeout {
@@ -182,7 +175,7 @@ async fn a_timeout_kills_and_replaces_the_process() {
     );
     let killed = e.pid.expect("pid");
     assert!(wait_for(Duration::from_secs(5), || !process_alive(killed)).await);
-    let e = run(&executor, &fx, "sleep", vec![json!(0)]).await;
+    let e = run_on(&executor, &fx, "sleep", vec![json!(0)]).await;
     assert_eq!(e.outcome, Outcome::Success { result: json!(0) });
     assert_ne!(e.pid, Some(killed));
     executor.shutdown().await;
@@ -193,7 +186,7 @@ async fn cancel_kills_the_running_pool_process() {
     let fx = Fixture::new(POOL);
     let executor = Executor::new();
     let spec = fx.spec("wide");
-    let warm = run(&executor, &fx, "wide", vec![json!(0)]).await;
+    let warm = run_on(&executor, &fx, "wide", vec![json!(0)]).await;
     let pid = warm.pid.expect("pid");
     let cancel = CancellationToken::new();
     let req = request("wide", vec![json!(30)]);
@@ -244,7 +237,7 @@ async fn pool_size_bounds_the_processes() {
 async fn a_reply_that_is_not_json_fails_the_task_and_replaces_the_process() {
     let fx = Fixture::new(POOL);
     let executor = Executor::new();
-    let e = run(&executor, &fx, "garbage", vec![]).await;
+    let e = run_on(&executor, &fx, "garbage", vec![]).await;
     let Outcome::InvalidOutput { message, head } = &e.outcome else {
         panic!("{:?}", e.outcome)
     };
@@ -259,17 +252,17 @@ async fn a_reply_that_is_not_json_fails_the_task_and_replaces_the_process() {
 async fn a_reply_over_max_output_is_refused() {
     let fx = Fixture::new(POOL);
     let executor = Executor::new();
-    let e = run(&executor, &fx, "big", vec![json!(100_000)]).await;
+    let e = run_on(&executor, &fx, "big", vec![json!(100_000)]).await;
     assert_eq!(e.outcome, Outcome::OutputTooLarge { limit: 1000 });
     assert_eq!(
         e.outcome.to_string(),
         "output too large: more than 1000 bytes"
     );
     // A whole reply line just over the cap is refused too; the process is kept.
-    let e = run(&executor, &fx, "big", vec![json!(1_000)]).await;
+    let e = run_on(&executor, &fx, "big", vec![json!(1_000)]).await;
     assert_eq!(e.outcome, Outcome::OutputTooLarge { limit: 1000 });
     let kept = e.pid;
-    let e = run(&executor, &fx, "big", vec![json!(10)]).await;
+    let e = run_on(&executor, &fx, "big", vec![json!(10)]).await;
     assert_eq!(
         e.outcome,
         Outcome::Success {

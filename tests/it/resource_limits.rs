@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use fastworker::executor::limits::Cgroups;
 use fastworker::executor::{Executor, Limit, Outcome};
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use serde_json::json;
 
-use crate::helpers::{Fixture, assert_contains, json_attempts, request};
+use crate::helpers::{Fixture, assert_contains, json_attempts, run_on};
 
 const MANIFEST: &str = r#"
 [tasks.hog]
@@ -48,18 +47,6 @@ function = "pytasks:fork"
 mode = "oneshot"
 max_processes = 20
 "#;
-
-async fn run(
-    executor: &Executor,
-    fx: &Fixture,
-    task: &str,
-    args: Vec<Value>,
-) -> fastworker::executor::Execution {
-    let spec = fx.spec(task);
-    executor
-        .run(&spec, &request(task, args), &CancellationToken::new())
-        .await
-}
 
 /// The limit an outcome names, and its text.
 fn limit_of(outcome: &Outcome) -> (Limit, String) {
@@ -105,16 +92,16 @@ fn leftover_cgroups() -> Vec<String> {
 async fn two_gigabytes_stop_at_the_memory_limit_one_shot_and_pooled() {
     let fx = Fixture::new(MANIFEST);
     let executor = Executor::new();
-    let small = run(&executor, &fx, "hog", vec![json!(16)]).await;
+    let small = run_on(&executor, &fx, "hog", vec![json!(16)]).await;
     assert!(small.outcome.is_success(), "{}", small.outcome);
     for task in ["hog", "pool_hog"] {
-        let e = run(&executor, &fx, task, vec![json!(2048)]).await;
+        let e = run_on(&executor, &fx, task, vec![json!(2048)]).await;
         let (limit, text) = limit_of(&e.outcome);
         assert_eq!(limit, Limit::Memory);
         assert_contains(&text, "memory limit 256 MiB");
     }
     // The pool goes on with a fresh process.
-    let after = run(&executor, &fx, "pool_hog", vec![json!(16)]).await;
+    let after = run_on(&executor, &fx, "pool_hog", vec![json!(16)]).await;
     assert!(after.outcome.is_success(), "{}", after.outcome);
     executor.shutdown().await;
     assert!(leftover_cgroups().is_empty(), "{:?}", leftover_cgroups());
@@ -124,17 +111,17 @@ async fn two_gigabytes_stop_at_the_memory_limit_one_shot_and_pooled() {
 async fn a_spinning_task_is_stopped_by_its_cpu_limit_and_each_pooled_task_gets_the_whole_limit() {
     let fx = Fixture::new(MANIFEST);
     let executor = Executor::new();
-    let e = run(&executor, &fx, "spin", vec![]).await;
+    let e = run_on(&executor, &fx, "spin", vec![]).await;
     let (limit, text) = limit_of(&e.outcome);
     assert_eq!(limit, Limit::CpuTime);
     assert_eq!(text, "killed: CPU time limit 1s");
     // Three pooled runs of 1.2 s of CPU each: more than the 2 s limit in
     // all, each within it.
     for _ in 0..3 {
-        let e = run(&executor, &fx, "pool_spin", vec![json!(1.2)]).await;
+        let e = run_on(&executor, &fx, "pool_spin", vec![json!(1.2)]).await;
         assert!(e.outcome.is_success(), "{}", e.outcome);
     }
-    let e = run(&executor, &fx, "pool_spin", vec![]).await;
+    let e = run_on(&executor, &fx, "pool_spin", vec![]).await;
     assert_eq!(limit_of(&e.outcome).0, Limit::CpuTime);
     executor.shutdown().await;
 }
@@ -144,12 +131,12 @@ async fn too_many_open_files_is_named_as_the_limit() {
     let fx = Fixture::new(MANIFEST);
     let executor = Executor::new();
     assert!(
-        run(&executor, &fx, "files", vec![json!(10)])
+        run_on(&executor, &fx, "files", vec![json!(10)])
             .await
             .outcome
             .is_success()
     );
-    let e = run(&executor, &fx, "files", vec![json!(100)]).await;
+    let e = run_on(&executor, &fx, "files", vec![json!(100)]).await;
     let (limit, text) = limit_of(&e.outcome);
     assert_eq!(limit, Limit::OpenFiles);
     assert_contains(&text, "open-files limit 32");
@@ -175,12 +162,12 @@ async fn a_fork_bomb_stops_at_the_process_limit() {
     let fx = Fixture::new(MANIFEST);
     let executor = Arc::new(Executor::new());
     assert!(
-        run(&executor, &fx, "forks", vec![json!(5)])
+        run_on(&executor, &fx, "forks", vec![json!(5)])
             .await
             .outcome
             .is_success()
     );
-    let e = run(&executor, &fx, "forks", vec![json!(2000)]).await;
+    let e = run_on(&executor, &fx, "forks", vec![json!(2000)]).await;
     let (limit, text) = limit_of(&e.outcome);
     assert_eq!(limit, Limit::Processes);
     assert_contains(&text, "process limit 20");
@@ -193,12 +180,12 @@ async fn without_cgroups_memory_is_bounded_by_rlimit_data() {
     let fx = Fixture::new(MANIFEST);
     let executor = Executor::new().with_cgroups(Cgroups::none());
     assert!(
-        run(&executor, &fx, "hog", vec![json!(16)])
+        run_on(&executor, &fx, "hog", vec![json!(16)])
             .await
             .outcome
             .is_success()
     );
-    let e = run(&executor, &fx, "hog", vec![json!(2048)]).await;
+    let e = run_on(&executor, &fx, "hog", vec![json!(2048)]).await;
     let (limit, text) = limit_of(&e.outcome);
     assert_eq!(limit, Limit::Memory);
     assert_contains(&text, "stopped by its memory limit 256 MiB");
